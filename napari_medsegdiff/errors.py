@@ -1,0 +1,24 @@
+"""The project's own exception types.
+
+Every user error (bad file, bad argument, incompatible model) raises a subclass of
+:class:`MedSegDiffError` whose message names the file or argument and the problem, so the
+CLI can print one line and exit non-zero and the GUI can show a notification.
+"""
+
+from __future__ import annotations
+
+
+class MedSegDiffError(Exception):
+    """Base class for errors meant to be shown to the user as one plain line."""
+
+
+class InputError(MedSegDiffError, ValueError):
+    """A file or argument given by the user cannot be used (names it and says why)."""
+
+
+class ModelError(MedSegDiffError):
+    """A model folder or checkpoint is missing, corrupt, unsafe or incompatible."""
+
+
+class Cancelled(MedSegDiffError):
+    """Raised inside long work when the user's cancel token was set."""
