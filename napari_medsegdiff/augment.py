@@ -1,0 +1,86 @@
+"""Batch augmentations on the training device: flips, small affine, intensity jitter.
+
+Images are normalised to [-1, 1]; labels are integer class maps. Every random draw takes
+a ``torch.Generator`` so training is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strength of each augmentation (0 disables it)."""
+
+    flip: bool = True
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    gamma: tuple[float, float] = (0.8, 1.25)
+    contrast: float = 0.1
+    brightness: float = 0.1
+    noise: float = 0.03
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def random_affine(
+    n: int, g: torch.Generator, rotate_deg: float, scale: tuple[float, float], translate: float
+) -> torch.Tensor:
+    """Random 2x3 affine matrices for ``affine_grid``, shape (n, 2, 3)."""
+    angle = _uniform(n, -rotate_deg, rotate_deg, g) * math.pi / 180
+    s = torch.exp(_uniform(n, math.log(scale[0]), math.log(scale[1]), g))
+    tx, ty = _uniform(n, -translate, translate, g), _uniform(n, -translate, translate, g)
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    return torch.stack(
+        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
+    )
+
+
+def warp(image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply affine ``theta`` (N, 2, 3): image (N, C, H, W) bilinear, labels (N, H, W) nearest."""
+    grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
+    fill = image.amin(dim=(2, 3), keepdim=True)
+    warped = F.grid_sample(image - fill, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False) + fill
+    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[:, 0].round().long()
+    return warped, lab
+
+
+def augment_batch(
+    image: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: AugmentConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch: image (N, C, H, W) in [-1, 1], labels (N, H, W) long."""
+    cfg = cfg or AugmentConfig()
+    n = image.shape[0]
+    if cfg.flip:
+        flip_x = torch.rand(n, generator=g) < 0.5
+        flip_y = torch.rand(n, generator=g) < 0.5
+        image = torch.where(flip_x.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
+        labels = torch.where(flip_x.view(-1, 1, 1).to(labels.device), labels.flip(-1), labels)
+        image = torch.where(flip_y.view(-1, 1, 1, 1).to(image.device), image.flip(-2), image)
+        labels = torch.where(flip_y.view(-1, 1, 1).to(labels.device), labels.flip(-2), labels)
+    if cfg.rotate_deg or cfg.scale != (1.0, 1.0) or cfg.translate:
+        theta = random_affine(n, g, cfg.rotate_deg, cfg.scale, cfg.translate)
+        image, labels = warp(image, labels, theta)
+    dev = image.device
+    if cfg.gamma != (1.0, 1.0):
+        gamma = torch.exp(_uniform(n, math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), g))
+        unit = ((image + 1) / 2).clamp(0, 1)
+        image = unit.pow(gamma.view(-1, 1, 1, 1).to(dev)) * 2 - 1
+    if cfg.contrast or cfg.brightness:
+        c = 1 + _uniform(n, -cfg.contrast, cfg.contrast, g).view(-1, 1, 1, 1).to(dev)
+        b = _uniform(n, -cfg.brightness, cfg.brightness, g).view(-1, 1, 1, 1).to(dev)
+        image = image * c + b
+    if cfg.noise:
+        image = image + cfg.noise * torch.randn(image.shape, generator=g).to(dev)
+    return image.clamp(-1.5, 1.5), labels

@@ -1,0 +1,319 @@
+"""Safe model folders (``model.safetensors`` + ``config.json``) and the versioned model store.
+
+A model is a folder. Loading builds the network from JSON and reads tensors with
+safetensors: nothing is ever unpickled. A legacy ``.pt`` is only read through
+``torch.load(weights_only=True)``. Folders are written atomically (a hidden temp folder
+in the same parent, renamed into place), so a crash never leaves a half-written version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_medsegdiff import __version__
+from napari_medsegdiff.config import ModelConfig
+from napari_medsegdiff.errors import InputError, ModelError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+PROVENANCE = "provenance.json"
+FORMAT = "napari-medsegdiff/1"
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package (found from a wheel install too)."""
+    return Path(str(resources.files("napari_medsegdiff") / "models" / DEFAULT_MODEL))
+
+
+def user_model_store() -> Path:
+    """Per-user folder of fine-tuned versions (``MEDSEGDIFF_HOME`` overrides it)."""
+    env = os.environ.get("MEDSEGDIFF_HOME")
+    if env:
+        return Path(env).expanduser() / "models"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "napari-medsegdiff" / "models"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the user can pick: the shipped default, a folder, or a store version."""
+
+    name: str
+    path: Path
+    created: str = ""
+    is_default: bool = False
+    partial: bool = False
+
+    @property
+    def label(self) -> str:
+        tag = " (default)" if self.is_default else " (partial)" if self.partial else ""
+        return f"{self.name}{tag}"
+
+
+@dataclass
+class ModelInfo:
+    """What ``config.json`` says about a model folder."""
+
+    path: Path
+    config: ModelConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.name)
+
+
+def read_model_info(folder: str | Path) -> ModelInfo:
+    """Parse ``config.json`` of a model folder (no weights read)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: model folder not found")
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise ModelError(f"{folder}: {CONFIG} is missing; not a napari-medsegdiff model folder")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg_path}: unreadable or corrupt JSON ({exc})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise ModelError(f"{cfg_path}: no 'model' section; not a napari-medsegdiff config")
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except InputError as exc:
+        raise ModelError(f"{cfg_path}: {exc}") from None
+    return ModelInfo(path=folder, config=config, meta=meta)
+
+
+def _read_state(folder: Path) -> dict[str, torch.Tensor]:
+    weights = folder / WEIGHTS
+    if weights.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{weights}: corrupt safetensors file ({exc})") from None
+    legacy = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    if legacy:
+        return load_pt_weights(legacy[0])
+    raise ModelError(f"{folder}: {WEIGHTS} is missing")
+
+
+def load_pt_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a legacy ``.pt`` state dict without executing code (``weights_only=True``)."""
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: refusing to load: not a plain tensor checkpoint (unpickling it could run "
+            f"code; convert it to model.safetensors) [{first[:120]}]"
+        ) from None
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    return dict(state)
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Any, ModelInfo]:
+    """Build the network from ``config.json`` and load its safetensors weights (eval mode)."""
+    from napari_medsegdiff.model import build_model
+
+    info = read_model_info(folder)
+    state = _read_state(info.path)
+    model = build_model(info.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        names = (missing or unexpected)[:3]
+        raise ModelError(
+            f"{info.path}: weights do not match config.json "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. {names})"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelError(
+                f"{info.path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                f"config.json expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return model, info
+
+
+def _clean_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_model(
+    folder: str | Path,
+    state: Mapping[str, torch.Tensor],
+    config: ModelConfig,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder atomically; refuses an existing folder unless ``overwrite``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder}: already exists; pass --overwrite or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder")
+    parent = folder.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise InputError(f"{parent}: cannot write a model here ({exc.strerror or exc})") from None
+    try:
+        save_file(_clean_state(state), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        info = {
+            "format": FORMAT,
+            "name": folder.name,
+            "package_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **dict(meta or {}),
+            "model": config.to_dict(),
+        }
+        _write_json(tmp / CONFIG, info)
+        if provenance is not None:
+            _write_json(tmp / PROVENANCE, dict(provenance))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir():
+        with open(child, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+class ModelStore:
+    """The folder of fine-tuned versions; lists only complete versions, newest first."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else user_model_store()
+
+    def versions(self) -> list[ModelEntry]:
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for child in self.root.iterdir():
+            if child.name.startswith(".") or not child.is_dir():
+                continue
+            if not (child / WEIGHTS).is_file() or not (child / CONFIG).is_file():
+                continue
+            try:
+                meta = json.loads((child / CONFIG).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            entries.append(
+                ModelEntry(
+                    name=child.name,
+                    path=child,
+                    created=str(meta.get("created", "")),
+                    partial=bool(meta.get("partial", False)),
+                )
+            )
+        return sorted(entries, key=lambda e: (e.created, e.name), reverse=True)
+
+    def new_version_path(self, base_name: str) -> Path:
+        """A fresh, readable version folder name: ``<base>-ft-YYYYmmdd-HHMMSS[-n]``."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", base_name).strip("._") or "model"
+        stem = re.sub(r"-ft-\d{8}-\d{6}(-\d+)?$", "", stem)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        candidate = self.root / f"{stem}-ft-{stamp}"
+        n = 1
+        while candidate.exists():
+            n += 1
+            candidate = self.root / f"{stem}-ft-{stamp}-{n}"
+        return candidate
+
+
+def list_models(store: ModelStore | None = None) -> list[ModelEntry]:
+    """The shipped default (if present) followed by store versions, newest first."""
+    entries = []
+    default = default_model_path()
+    if (default / CONFIG).is_file():
+        entries.append(ModelEntry(name=DEFAULT_MODEL, path=default, is_default=True))
+    entries.extend((store or ModelStore()).versions())
+    return entries
+
+
+def resolve_model(name_or_path: str | Path | None, store: ModelStore | None = None) -> Path:
+    """``None``/'default' -> shipped model; an existing folder; or a store version name."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        path = default_model_path()
+        if not (path / CONFIG).is_file():
+            raise ModelError(
+                "the default model is not installed; train one (medsegdiff train) or pass --model"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise InputError(f"--model: {path} is a file; pass the model folder that holds it")
+    candidate = (store or ModelStore()).root / str(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    raise InputError(f"--model: {name_or_path!r} is neither a model folder nor a stored version")

@@ -1,0 +1,163 @@
+"""``medsegdiff`` command line: train | segment | finetune | evaluate | demo.
+
+Each subcommand parses its arguments, then calls one engine function. User errors print
+one line (``medsegdiff: error: ...``) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_medsegdiff import __version__
+from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one line, not usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _tqdm(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not _is_main_rank(),
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = sub.add_parser("segment", help="segment NIfTI scan(s) with a diffusion ensemble")
+    seg.add_argument("images", nargs="+", help="NIfTI file(s): several co-registered files are "
+                     "channels; a single folder segments every scan in it (a cohort)")
+    seg.add_argument("-o", "--output", required=True,
+                     help="labels NIfTI to write (a folder for a cohort)")
+    seg.add_argument("--variance", help="also write the ensemble variance as float NIfTI")
+    seg.add_argument("--probability", help="also write the foreground probability NIfTI")
+    seg.add_argument("--model", default=None, help="model folder or stored version "
+                     "(default: the shipped default model)")
+    seg.add_argument("--ensemble", type=_positive_int, default=5)
+    seg.add_argument("--steps", type=_positive_int, default=20)
+    seg.add_argument("--sampler", default="dpm++", help="dpm++ | ddim | ddpm")
+    seg.add_argument("--fusion", default="mean", help="mean | vote | staple")
+    seg.add_argument("--slices", default=None, help="START:STOP (half-open) or a,b,c along "
+                     "axis 0 of the displayed array; default all")
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    seg.add_argument("--ct-window", default=None, help="CENTER,WIDTH intensity window for CT")
+    seg.add_argument("--chunk-size", type=_positive_int, default=None,
+                     help="rows (slices x members) per forward; default measured per device")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument("--resume", action="store_true",
+                     help="cohort: skip scans whose outputs already exist")
+
+    tr = sub.add_parser("train", help="train a model on a data folder")
+    tr.add_argument("--data", required=True, help="data folder")
+    tr.add_argument("--layout", default="nifti", help="nifti | isic | brats")
+    tr.add_argument("--out", required=True, help="output folder (best/ and last/ inside)")
+    tr.add_argument("--preset", default="lite", help="tiny | lite | base | plus")
+    tr.add_argument("--version", dest="model_version", default="v2", help="v1 | v2")
+    tr.add_argument("--steps", type=_positive_int, default=2000)
+    tr.add_argument("--batch-size", type=_positive_int, default=8)
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--image-size", type=_positive_int, default=None)
+    tr.add_argument("--classes", type=_positive_int, default=2,
+                    help="label values incl. background (2 = binary)")
+    tr.add_argument("--val-fraction", type=float, default=0.1)
+    tr.add_argument("--val-every", type=_positive_int, default=200)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    tr.add_argument("--no-augment", action="store_true")
+
+    ft = sub.add_parser("finetune", help="fine-tune a model on corrected labels")
+    ft.add_argument("--model", default=None, help="base model (default: the shipped default)")
+    ft.add_argument("--image", nargs="+", required=True, help="scan NIfTI file(s) (channels)")
+    ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
+    ft.add_argument("--proposal", default=None,
+                    help="the model's original proposal; slices that differ are used")
+    ft.add_argument("--slices", default=None, help="START:STOP or a,b,c (default: corrected)")
+    ft.add_argument("--steps", type=_positive_int, default=200)
+    ft.add_argument("--lr", type=float, default=5e-5)
+    ft.add_argument("--batch-size", type=_positive_int, default=4)
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--out", default=None, help="model store folder (default: per-user store)")
+    ft.add_argument("--freeze-condition", action="store_true")
+    ft.add_argument("--replay", action="store_true", help="mix in the sample training slices")
+    ft.add_argument("--seed", type=int, default=0)
+
+    ev = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predictions against truth")
+    ev.add_argument("--pred", required=True, help="labels NIfTI or folder")
+    ev.add_argument("--truth", required=True, help="reference NIfTI or folder")
+    ev.add_argument("--json", default=None, help="also write the report as JSON")
+
+    demo = sub.add_parser("demo", help="open napari with the sample scan and the docks")
+    demo.add_argument("--headless", action="store_true",
+                      help="no window: segment the sample to files and print Dice")
+    demo.add_argument("--out", default="demo_output", help="folder for --headless outputs")
+    demo.add_argument("--slices", default=None, help="slices for --headless (default: a "
+                      "central block)")
+    demo.add_argument("--ensemble", type=_positive_int, default=5)
+    demo.add_argument("--steps", type=_positive_int, default=20)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from napari_medsegdiff import commands
+
+    handler = getattr(commands, f"run_{args.command}")
+    try:
+        return int(handler(args) or 0)
+    except Cancelled:
+        print("medsegdiff: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("medsegdiff: interrupted", file=sys.stderr)
+        return 130
+    except MedSegDiffError as exc:
+        print(f"medsegdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"medsegdiff {args.command}: error: out of memory", file=sys.stderr)
+        return 2
+
+
+def write_json(path: str, data: dict) -> None:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""The CLI's subcommands as plain functions of parsed arguments (one engine call each)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.errors import InputError
+
+
+def _echo(message: str) -> None:
+    from napari_medsegdiff.cli import _is_main_rank
+
+    if _is_main_rank():
+        print(message, flush=True)
+
+
+def _parse_window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--ct-window: expected CENTER,WIDTH (e.g. 40,400), got {text!r}"
+                         ) from None
+    if width <= 0:
+        raise InputError(f"--ct-window: width must be positive, got {width}")
+    return center, width
+
+
+def _check_new(path: str | None, overwrite: bool, arg: str) -> Path | None:
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{arg} {target}: is a folder; give a file name ending in .nii.gz")
+    if target.exists() and not overwrite:
+        raise InputError(f"{arg} {target}: already exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise InputError(f"{arg} {target}: folder {target.parent} does not exist")
+    if not target.name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"{arg} {target}: must end with .nii or .nii.gz")
+    return target
+
+
+def segment_files(
+    images: list[str],
+    output: str,
+    *,
+    variance: str | None = None,
+    probability: str | None = None,
+    model: str | None = None,
+    sampler: SamplerConfig,
+    slices: str | None = None,
+    device: str = "auto",
+    window: tuple[float, float] | None = None,
+    overwrite: bool = False,
+    segmenter=None,
+    progress: bool = True,
+) -> dict:
+    """Segment one scan (several files = channels) and write aligned NIfTI outputs."""
+    from napari_medsegdiff.nifti import read_volume, write_image, write_labels
+    from napari_medsegdiff.segmenter import Segmenter, assemble, parse_slices
+
+    out = _check_new(output, overwrite, "-o")
+    var_path = _check_new(variance, overwrite, "--variance")
+    prob_path = _check_new(probability, overwrite, "--probability")
+    volume = read_volume(images if len(images) > 1 else images[0])
+    seg = segmenter or Segmenter.load(model, device)
+    indices = parse_slices(slices, volume.data.shape[0])
+    bar = _tqdm_or_none(len(indices), Path(images[0]).name, progress)
+    start = time.perf_counter()
+
+    def on_progress(p) -> None:
+        if bar is not None and p.step is None:
+            bar.n = p.done
+            bar.refresh()
+
+    results = seg.segment_volume(volume.data, slices=indices, sampler=sampler, window=window,
+                                 on_progress=on_progress)
+    mask, var, prob = assemble(results, volume.data.shape[:3])
+    if bar is not None:
+        bar.close()
+    written = [write_labels(mask, volume, out, overwrite=overwrite)]
+    if var_path is not None:
+        written.append(write_image(var, volume, var_path, overwrite=overwrite))
+    if prob_path is not None:
+        written.append(write_image(prob, volume, prob_path, overwrite=overwrite))
+    return {"outputs": [str(p) for p in written], "slices": len(indices),
+            "seconds": time.perf_counter() - start, "model": seg.name}
+
+
+def _tqdm_or_none(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from napari_medsegdiff.cli import _tqdm
+
+    return _tqdm(total, desc, "slice")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, ensemble=args.ensemble,
+                            fusion=args.fusion, seed=args.seed, chunk_size=args.chunk_size)
+    window = _parse_window(args.ct_window)
+    if len(args.images) == 1 and Path(args.images[0]).is_dir():
+        from napari_medsegdiff.cohort import segment_cohort
+
+        summary = segment_cohort(Path(args.images[0]), Path(args.output), sampler=sampler,
+                                 model=args.model, device=args.device, window=window,
+                                 slices=args.slices, overwrite=args.overwrite,
+                                 resume=args.resume, variance=args.variance is not None)
+        _echo(f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> "
+              f"{args.output}")
+        return 0
+    for path in args.images:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: file not found")
+    info = segment_files(args.images, args.output, variance=args.variance,
+                         probability=args.probability, model=args.model, sampler=sampler,
+                         slices=args.slices, device=args.device, window=window,
+                         overwrite=args.overwrite)
+    _echo(f"wrote {', '.join(info['outputs'])} ({info['slices']} slices, "
+          f"{info['seconds']:.1f} s, model {info['model']})")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.config import TrainConfig, preset
+    from napari_medsegdiff.data import load_layout, split_holdout
+    from napari_medsegdiff.devices import choose_device
+    from napari_medsegdiff.distributed import distributed_session
+    from napari_medsegdiff.training import train
+
+    overrides = {"version": args.model_version}
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    with distributed_session(args.device) as device:
+        probe = preset(args.preset, **overrides)
+        data = load_layout(args.data, args.layout, probe.image_size, args.classes)
+        channels = int(data.images.shape[1])
+        classes = max(args.classes, int(data.labels.max()) + 1)
+        cfg = preset(args.preset, in_channels=channels,
+                     mask_channels=1 if classes <= 2 else classes, **overrides)
+        tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           val_every=args.val_every, save_every=args.val_every,
+                           seed=args.seed, augment=not args.no_augment)
+        train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
+        bar = _tqdm_or_none(args.steps, "train", True)
+
+        def on_progress(p) -> None:
+            if bar is not None:
+                bar.n = p.done
+                bar.set_postfix(loss=f"{p.loss:.4f}" if p.loss is not None else None,
+                                dice=f"{p.metric:.3f}" if p.metric is not None else None)
+
+        result = train(cfg, tcfg, data.subset(train_idx), args.out,
+                       val=data.subset(val_idx) if val_idx else None,
+                       device=device or choose_device(args.device), resume=args.resume,
+                       meta={"data": str(args.data), "layout": args.layout},
+                       on_progress=on_progress, log=lambda m: print(m, file=sys.stderr))
+        if bar is not None:
+            bar.close()
+    dice = f", best validation Dice {result.best_dice:.3f}" if result.best_dice is not None else ""
+    _echo(f"trained {result.steps_done} steps -> {result.best}{dice}")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.finetune import finetune_files
+
+    result = finetune_files(args)
+    _echo(result)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.cli import write_json
+    from napari_medsegdiff.evaluate import evaluate_paths, format_report
+
+    report = evaluate_paths(Path(args.pred), Path(args.truth))
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.headless:
+        from napari_medsegdiff.demo import run_headless_demo
+
+        summary = run_headless_demo(Path(args.out), slices=args.slices, ensemble=args.ensemble,
+                                    steps=args.steps, device=args.device,
+                                    overwrite=args.overwrite)
+        _echo(summary)
+        return 0
+    try:
+        from napari_medsegdiff.gui.launch import launch_demo
+    except ImportError as exc:
+        raise InputError(f"the GUI needs napari and Qt: pip install 'napari-medsegdiff[gui]' "
+                         f"({exc})") from None
+    launch_demo()
+    return 0
+
+
+def mean_dice(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[int, float]:
+    from napari_medsegdiff.metrics import dice
+
+    return {k: dice(pred == k, truth == k) for k in labels}

@@ -1,0 +1,181 @@
+"""Score predicted label volumes against ground truth (``medsegdiff evaluate``).
+
+:func:`evaluate_paths` takes two NIfTI files, or two folders whose ``.nii`` / ``.nii.gz``
+files are paired by name (the extension may differ: ``case1.nii`` pairs ``case1.nii.gz``),
+and returns a JSON-friendly report::
+
+    {"cases": [{"pred": str, "truth": str, "spacing_mm": [..],
+                "labels": {"1": {"dice": .., "iou": .., "hd95_mm": ..}, ...},
+                "mean": {"dice": .., "iou": .., "hd95_mm": ..}}, ...],
+     "labels": {"1": {...mean over cases...}, ...},
+     "mean": {...mean over the cases' means...}}
+
+Per case the scored labels are the nonzero labels present in either volume (or ``labels``).
+Spacing (mm) comes from the truth header's zooms. ``inf`` / ``nan`` values (a label missed
+entirely, nothing to score) are written as ``None`` (JSON ``null``) and means skip them;
+see :mod:`napari_medsegdiff.metrics` for the conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.metrics import METRIC_KEYS, finite_mean, json_number, summarize
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+def _case_name(path: Path) -> str | None:
+    """File name without its NIfTI extension, or None if it is not a NIfTI file."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """``{case name: path}`` for the NIfTI files directly inside ``folder``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = _case_name(path)
+        if name is None or not path.is_file():
+            continue
+        if name in found:
+            raise InputError(
+                f"{folder}: both {found[name].name} and {path.name} name case {name!r}"
+            )
+        found[name] = path
+    if not found:
+        raise InputError(f"{folder}: no .nii or .nii.gz files found")
+    return found
+
+
+def _load_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Integer label array (3-D, trailing singleton axes dropped) and voxel size in mm."""
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+        zooms = tuple(float(z) for z in image.header.get_zooms())
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise InputError(f"{path}: cannot read as NIfTI ({exc})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise InputError(f"{path}: expected a 3-D label volume, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: label volume contains NaN or Inf")
+    labels = np.rint(data).astype(np.int64) if data.dtype.kind == "f" else data.astype(np.int64)
+    spacing = zooms[: labels.ndim]
+    if len(spacing) < labels.ndim or not all(s > 0 for s in spacing):
+        spacing = (1.0,) * labels.ndim
+    return labels, spacing
+
+
+def _jsonify(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {key: json_number(metrics[key]) for key in METRIC_KEYS}
+
+
+def evaluate_case(pred: Path, truth: Path, labels: Iterable[int] | None = None) -> dict[str, Any]:
+    """Report for one pair of NIfTI label files (see the module docstring)."""
+    pred_labels, _ = _load_labels(pred)
+    truth_labels, spacing = _load_labels(truth)
+    if pred_labels.shape != truth_labels.shape:
+        raise InputError(
+            f"{pred} and {truth}: shapes differ, {pred_labels.shape} vs {truth_labels.shape}"
+        )
+    summary = summarize(pred_labels, truth_labels, spacing, labels)
+    return {
+        "pred": str(pred),
+        "truth": str(truth),
+        "spacing_mm": list(spacing),
+        "labels": {str(k): _jsonify(v) for k, v in summary["labels"].items()},
+        "mean": _jsonify(summary["mean"]),
+    }
+
+
+def _mean_over(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per-metric mean over rows, skipping ``None`` (null) entries."""
+    return {
+        key: json_number(finite_mean(r[key] for r in rows if r[key] is not None))
+        for key in METRIC_KEYS
+    }
+
+
+def _pairs(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
+    for path, what in ((pred, "pred"), (truth, "truth")):
+        if not path.exists():
+            raise InputError(f"{path}: {what} path does not exist")
+    if pred.is_dir() != truth.is_dir():
+        raise InputError(f"{pred} and {truth}: give two NIfTI files or two folders")
+    if not pred.is_dir():
+        for path in (pred, truth):
+            if _case_name(path) is None:
+                raise InputError(f"{path}: not a .nii or .nii.gz file")
+        return [(pred, truth)]
+    preds, truths = _nifti_files(pred), _nifti_files(truth)
+    missing_truth = sorted(set(preds) - set(truths))
+    missing_pred = sorted(set(truths) - set(preds))
+    if missing_truth or missing_pred:
+        parts = []
+        if missing_truth:
+            parts.append(f"no ground truth in {truth} for: {', '.join(missing_truth)}")
+        if missing_pred:
+            parts.append(f"no prediction in {pred} for: {', '.join(missing_pred)}")
+        raise InputError("; ".join(parts))
+    return [(preds[name], truths[name]) for name in sorted(preds)]
+
+
+def evaluate_paths(
+    pred: str | Path, truth: str | Path, labels: Iterable[int] | None = None
+) -> dict[str, Any]:
+    """Evaluate a prediction file/folder against a ground-truth file/folder.
+
+    Raises :class:`InputError` naming the files when a path is missing, unreadable, the
+    shapes differ, or (folders) a case has no partner. Returns the report described in
+    the module docstring.
+    """
+    chosen = None if labels is None else [int(v) for v in labels]
+    cases = [evaluate_case(p, t, chosen) for p, t in _pairs(Path(pred), Path(truth))]
+    label_names = sorted({k for case in cases for k in case["labels"]}, key=int)
+    per_label = {
+        name: _mean_over([c["labels"][name] for c in cases if name in c["labels"]])
+        for name in label_names
+    }
+    mean = _mean_over([c["mean"] for c in cases])
+    return {"cases": cases, "labels": per_label, "mean": mean}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Plain-text table of a report: one row per case and label, then the means."""
+    header = f"{'case':<28} {'label':>5} {'dice':>8} {'iou':>8} {'hd95_mm':>10}"
+    lines = [header, "-" * len(header)]
+
+    def row(case: str, label: str, m: dict[str, float | None]) -> str:
+        return (
+            f"{case[:28]:<28} {label:>5} {_fmt(m['dice']):>8} {_fmt(m['iou']):>8} "
+            f"{_fmt(m['hd95_mm'], 2):>10}"
+        )
+
+    for case in report["cases"]:
+        name = _case_name(Path(case["pred"])) or Path(case["pred"]).name
+        if not case["labels"]:
+            lines.append(f"{name[:28]:<28} {'-':>5}  (no foreground in either volume)")
+        for label, m in case["labels"].items():
+            lines.append(row(name, label, m))
+    lines.append("-" * len(header))
+    for label, m in report.get("labels", {}).items():
+        lines.append(row("mean", label, m))
+    lines.append(row("mean", "all", report["mean"]))
+    lines.append(f"{len(report['cases'])} case(s); '-' = undefined (e.g. a label missed entirely)")
+    return "\n".join(lines)

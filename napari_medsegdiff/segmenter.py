@@ -1,0 +1,324 @@
+"""The Segmenter facade: load a model once, then segment slices as an ensemble.
+
+Design for speed (see BENCHMARKS.md):
+* the image/condition branch runs **once per slice** and is reused for every denoising step
+  and every ensemble member;
+* members x slices run as rows of one batch, in chunks whose size is measured per device;
+* row (slice s, member m) draws its noise from its own generator seeded from (seed, m), so
+  results do not depend on the chunking nor on which other slices are in the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_medsegdiff.checkpoints import ModelInfo, load_model, resolve_model
+from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.devices import autocast, choose_device, is_out_of_memory, released_memory
+from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, make_scheduler
+from napari_medsegdiff.ensemble import fuse, member_probabilities
+from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.preprocessing import (
+    model_size_for,
+    normalize_intensity,
+    resize_probabilities,
+    resize_slices,
+)
+from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback, check
+
+
+@dataclass
+class SliceResult:
+    """One finished slice. ``probability`` is (K', H, W): K'=1 foreground prob for binary."""
+
+    index: int
+    mask: np.ndarray  # (H, W) uint8 labels
+    probability: np.ndarray  # (K', H, W) float32
+    variance: np.ndarray  # (H, W) float32
+    entropy: np.ndarray | None = None  # (H, W) float32, multi-class only
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """P(any label > 0), (H, W)."""
+        if self.probability.shape[0] == 1:
+            return self.probability[0]
+        return 1.0 - self.probability[0]
+
+
+def member_seed(seed: int, member: int) -> int:
+    """A 63-bit seed for ensemble member ``member`` of run ``seed``."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def parse_slices(spec: str | Sequence[int] | slice | None, depth: int, arg: str = "--slices"
+                 ) -> list[int]:
+    """``None`` -> all; ``'a:b'`` half-open; ``'a,b,c'``; a slice or list of ints."""
+    if spec is None:
+        return list(range(depth))
+    if isinstance(spec, slice):
+        return list(range(depth))[spec]
+    if isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if ":" in text:
+                start_s, stop_s = text.split(":", 1)
+                start = int(start_s) if start_s.strip() else 0
+                stop = int(stop_s) if stop_s.strip() else depth
+                if start < 0 or stop > depth or start >= stop:
+                    raise InputError(
+                        f"{arg}: range {text!r} is empty or outside 0:{depth} (half-open)"
+                    )
+                return list(range(start, stop))
+            indices = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise InputError(f"{arg}: expected START:STOP or a,b,c with integers, got {text!r}"
+                             ) from None
+    else:
+        indices = [int(i) for i in spec]
+    bad = [i for i in indices if not 0 <= i < depth]
+    if bad:
+        raise InputError(f"{arg}: slice(s) {bad[:5]} outside the volume's 0..{depth - 1}")
+    if not indices:
+        raise InputError(f"{arg}: no slices selected")
+    return sorted(set(indices))
+
+
+class Segmenter:
+    """A loaded model ready to segment slices, volumes and 2-D images."""
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device) -> None:
+        self.model = model
+        self.info = info
+        self.config = info.config
+        self.device = device
+        self._chunk_cache: dict[tuple[int, int], int] = {}
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, device: str | torch.device = "auto"
+             ) -> Segmenter:
+        """Load the shipped default (``None``), a model folder or a store version."""
+        dev = choose_device(device)
+        net, info = load_model(resolve_model(model), dev)
+        return cls(net, info, dev)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, data: np.ndarray, *, normalize: bool = True, window: tuple[float, float]
+                | None = None) -> np.ndarray:
+        """Volume (z, y, x[, c]) -> normalised float32 (z, c, y, x) model input."""
+        arr = np.asarray(data)
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.ndim != 4:
+            raise InputError(f"image: expected (z, y, x) or (z, y, x, c), got shape {arr.shape}")
+        channels = arr.shape[-1]
+        if channels != self.config.in_channels:
+            raise InputError(
+                f"image has {channels} channel(s) but model {self.name!r} expects "
+                f"{self.config.in_channels}"
+            )
+        if normalize:
+            method = "ct" if window is not None else "percentile"
+            arr = normalize_intensity(arr, method=method, window=window)
+        return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32), -1, 1))
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        return model_size_for(height, width, self.config.image_size, self.config.size_divisor)
+
+    # ---------------------------------------------------------------- sampling
+    def segment_volume(
+        self,
+        data: np.ndarray,
+        *,
+        slices: str | Sequence[int] | slice | None = None,
+        sampler: SamplerConfig | None = None,
+        window: tuple[float, float] | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[SliceResult]:
+        """Segment a volume (z, y, x[, c]) slice by slice (axis 0), yielding as slices finish.
+
+        The volume is normalised once as a whole; ``slices`` picks indices along axis 0.
+        """
+        arr = np.asarray(getattr(data, "data", data))
+        if arr.ndim not in (3, 4):
+            raise InputError(
+                f"image: a volume needs 3 or 4 dimensions (z, y, x[, c]), got shape {arr.shape}"
+            )
+        indices = parse_slices(slices, arr.shape[0])
+        images = self.prepare(arr, window=window)
+        yield from self.segment_slices(
+            images, indices, sampler=sampler, on_progress=on_progress, cancel=cancel
+        )
+
+    def segment_image(
+        self,
+        image: np.ndarray,
+        *,
+        sampler: SamplerConfig | None = None,
+        cancel: CancelToken | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SliceResult:
+        """Segment one 2-D image (H, W) or (H, W, C), e.g. an RGB dermoscopy photo."""
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3:
+            raise InputError(f"image: expected a 2-D image (H, W[, C]), got shape {arr.shape}")
+        images = self.prepare(arr[None])
+        results = list(self.segment_slices(images, [0], sampler=sampler, cancel=cancel,
+                                           on_progress=on_progress))
+        return results[0]
+
+    def segment_slices(
+        self,
+        images: np.ndarray,
+        indices: Sequence[int],
+        *,
+        sampler: SamplerConfig | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[SliceResult]:
+        """Core loop over prepared images (z, C, H, W); yields one result per index in order."""
+        cfg = sampler or SamplerConfig()
+        height, width = images.shape[-2:]
+        mh, mw = self.model_size(height, width)
+        members = cfg.ensemble
+        rows = [(s, m) for s in indices for m in range(members)]
+        chunk = cfg.chunk_size or self.auto_chunk_size(mh, mw)
+        clock = EtaClock(len(indices))
+        done_slices = 0
+        pending: dict[int, list[torch.Tensor | None]] = {}
+        cond_cache: tuple[tuple[int, ...], object] | None = None
+        pos = 0
+        if on_progress:
+            on_progress(Progress(0, len(indices), "starting", None))
+        while pos < len(rows):
+            part = rows[pos: pos + chunk]
+            try:
+                x0, cond_cache = self._sample_rows(part, images, (mh, mw), cfg, cond_cache,
+                                                   cancel, on_progress, done_slices,
+                                                   len(indices))
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc) or chunk == 1:
+                    raise
+                with released_memory(self.device):
+                    chunk = max(1, chunk // 2)
+                    self._chunk_cache[(mh, mw)] = chunk
+                    cond_cache = None
+                continue
+            pos += len(part)
+            for (s, m), row in zip(part, x0):
+                pending.setdefault(s, [None] * members)[m] = row
+            for s in [s for s in list(pending) if all(r is not None for r in pending[s])]:
+                stack = torch.stack(pending.pop(s)).float().cpu()  # type: ignore[arg-type]
+                result = self._fuse(s, stack, (height, width), cfg)
+                done_slices += 1
+                if on_progress:
+                    on_progress(Progress(done_slices, len(indices), f"slice {s}",
+                                         clock.eta(done_slices)))
+                yield result
+
+    def _sample_rows(self, part, images, size, cfg, cond_cache, cancel, on_progress,
+                     done, total):
+        check(cancel)
+        unique = tuple(sorted({s for s, _ in part}))
+        if cond_cache is not None and set(unique) <= set(cond_cache[0]):
+            slice_ids, cond = cond_cache
+        else:
+            batch = resize_slices(images[list(unique)], size)
+            with torch.inference_mode(), autocast(self.device):
+                cond = self.model.encode_condition(torch.as_tensor(batch).to(self.device))
+            slice_ids = unique
+        where = {s: i for i, s in enumerate(slice_ids)}
+        idx = torch.tensor([where[s] for s, _ in part], device=self.device)
+        row_cond = cond.index(idx)
+        generators = [torch.Generator().manual_seed(member_seed(cfg.seed, m)) for _, m in part]
+        shape = (self.config.mask_channels, *size)
+        x = initial_noise(shape, generators, self.device)
+        scheduler = make_scheduler(cfg.sampler, self.config)
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device):
+                return self.model.denoise(x_t, t, row_cond)
+
+        def on_step(step: int, steps: int) -> None:
+            if on_progress:
+                on_progress(Progress(done, total, f"denoising step {step}/{steps}", None,
+                                     step=step, steps=steps))
+
+        with torch.inference_mode():
+            x0 = denoise_loop(denoise, x, scheduler, cfg.steps, generators, cancel, on_step)
+        return x0, (slice_ids, cond)
+
+    def _fuse(self, index: int, x0: torch.Tensor, size: tuple[int, int], cfg: SamplerConfig
+              ) -> SliceResult:
+        probs = member_probabilities(x0.numpy())  # (M, K, h, w)
+        probs = np.asarray(resize_probabilities(probs, size), dtype=np.float32)
+        fused = fuse(probs, cfg.fusion, cfg.threshold)
+        return SliceResult(index, fused.mask.astype(np.uint8), fused.probability,
+                           fused.variance, fused.entropy)
+
+    # ------------------------------------------------------------ chunk size
+    def auto_chunk_size(self, height: int, width: int) -> int:
+        """Rows per forward, measured once per size: the best throughput up to a budget."""
+        key = (height, width)
+        if key in self._chunk_cache:
+            return self._chunk_cache[key]
+        if self.device.type != "cpu":
+            # Accelerators: large batches; out-of-memory halves the chunk at run time.
+            pixels = height * width
+            chunk = max(1, min(64, (256 * 256 * 32) // max(1, pixels)))
+        else:
+            chunk = self._measure_cpu_chunk(height, width)
+        self._chunk_cache[key] = chunk
+        return chunk
+
+    def _measure_cpu_chunk(self, height: int, width: int) -> int:
+        """Time one denoise at batch 1, 2, 4, 8 and keep the fastest per row."""
+        k = self.config.mask_channels
+        image = torch.zeros(1, self.config.in_channels, height, width)
+        best, best_rate = 1, float("inf")
+        with torch.inference_mode():
+            cond = self.model.encode_condition(image)
+            for batch in (1, 2, 4, 8):
+                x = torch.zeros(batch, k, height, width)
+                t = torch.full((batch,), 500, dtype=torch.long)
+                c = cond.index(torch.zeros(batch, dtype=torch.long))
+                self.model.denoise(x, t, c)  # warm-up
+                start = time.perf_counter()
+                self.model.denoise(x, t, c)
+                per_row = (time.perf_counter() - start) / batch
+                if per_row < best_rate * 0.9:
+                    best, best_rate = batch, per_row
+        return best
+
+
+def assemble(results: Sequence[SliceResult] | Iterator[SliceResult], shape: tuple[int, int, int]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stack slice results into (mask uint8, variance float32, foreground prob float32) volumes.
+
+    Slices not present stay 0.
+    """
+    mask = np.zeros(shape, dtype=np.uint8)
+    variance = np.zeros(shape, dtype=np.float32)
+    prob = np.zeros(shape, dtype=np.float32)
+    for r in results:
+        mask[r.index] = r.mask
+        variance[r.index] = r.variance
+        prob[r.index] = r.foreground
+    return mask, variance, prob
