@@ -121,7 +121,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(image_size=32, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                  attention_levels=(1,), num_heads=2, cond_channels=8),
     # Shipped default: interactive on a laptop CPU.
-    "lite": dict(image_size=128, base_channels=32, channel_mult=(1, 2, 2, 4),
+    "lite": dict(image_size=128, base_channels=16, channel_mult=(1, 2, 2, 4),
                  num_res_blocks=1, attention_levels=(3,), num_heads=4, cond_channels=32),
     # As published (MedSegDiff-B): 128 channels at 256 px.
     "base": dict(image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),

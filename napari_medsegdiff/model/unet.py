@@ -149,7 +149,7 @@ class DiffusionUNet(nn.Module):
         self.v2 = cfg.version == "v2"
         widths = _widths(cfg.base_channels, cfg.channel_mult)
         depth, blocks = len(widths), cfg.num_res_blocks
-        emb = min(4 * cfg.base_channels, 1024)
+        emb = min(4 * cfg.base_channels, 512)
         self.time = TimeEmbedding(max(32, cfg.base_channels), emb)
         self.stem = nn.Conv2d(cfg.mask_channels, widths[0], 3, padding=1)
         attn = set(cfg.attention_levels)

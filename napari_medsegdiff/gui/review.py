@@ -1,0 +1,60 @@
+"""Rank slices for review by ensemble uncertainty (pure numpy/scipy; no Qt here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+
+def boundary_region(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a (H, W) label slice near a label edge: dilate(fg) XOR erode(fg).
+
+    Multi-class edges count too (a pixel whose 3x3 neighbourhood holds another label).
+    Returns a (H, W) bool array (all False for an empty or uniform slice).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected a (H, W) slice, got shape {mask.shape}")
+    footprint = ndimage.generate_binary_structure(2, 1)
+    lo = ndimage.grey_erosion(mask, footprint=footprint, mode="nearest")
+    hi = ndimage.grey_dilation(mask, footprint=footprint, mode="nearest")
+    edge = lo != hi
+    if width > 1:
+        edge = ndimage.binary_dilation(edge, footprint, iterations=width - 1)
+    return edge
+
+
+def slice_uncertainty(variance: np.ndarray, mask: np.ndarray) -> float:
+    """Mean variance over the mask boundary of one (H, W) slice (whole slice if none)."""
+    variance = np.asarray(variance, dtype=np.float64)
+    if variance.shape != np.shape(mask):
+        raise ValueError(f"variance {variance.shape} and mask {np.shape(mask)} differ in shape")
+    edge = boundary_region(mask)
+    region = variance[edge] if edge.any() else variance
+    return float(region.mean()) if region.size else 0.0
+
+
+def rank_slices_by_uncertainty(
+    variance: np.ndarray, mask: np.ndarray, slices: Iterable[int] | None = None
+) -> list[tuple[int, float]]:
+    """Rank slices of (z, y, x) ``variance``/``mask``, most uncertain first.
+
+    The score is the mean variance in the boundary region of the mask (dilation XOR
+    erosion), or over the whole slice when the mask has no boundary there. ``slices``
+    defaults to all; ties keep slice order. Returns ``[(slice, score), ...]``.
+    """
+    variance = np.asarray(variance)
+    mask = np.asarray(mask)
+    if variance.ndim != 3 or variance.shape != mask.shape:
+        raise ValueError(
+            f"variance {variance.shape} and mask {mask.shape} must be equal (z, y, x) shapes"
+        )
+    indices = range(variance.shape[0]) if slices is None else sorted({int(s) for s in slices})
+    scores = []
+    for z in indices:
+        if not 0 <= z < variance.shape[0]:
+            raise ValueError(f"slices: {z} outside 0..{variance.shape[0] - 1}")
+        scores.append((z, slice_uncertainty(variance[z], mask[z])))
+    return sorted(scores, key=lambda item: -item[1])

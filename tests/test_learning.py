@@ -1,0 +1,73 @@
+"""Learning tests: a tiny diffusion model must really learn a small task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic import dice
+
+from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.segmenter import Segmenter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def segmenter(trained_tiny) -> Segmenter:
+    return Segmenter.load(trained_tiny["path"], "cpu")
+
+
+def _segment(seg: Segmenter, images: np.ndarray, **kw) -> list:
+    return list(seg.segment_volume(images, sampler=SamplerConfig(**kw)))
+
+
+def test_training_loss_falls(trained_tiny):
+    losses = trained_tiny["result"].losses
+    assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:20])
+
+
+def test_tiny_model_learns_ellipses_with_20_dpm_steps(segmenter, trained_tiny):
+    results = _segment(segmenter, trained_tiny["images"], steps=20, ensemble=3)
+    scores = [dice(r.mask, trained_tiny["labels"][r.index]) for r in results]
+    assert np.mean(scores) >= 0.9, scores
+
+
+def test_samplers_agree(segmenter, trained_tiny):
+    images = trained_tiny["images"][:3]
+    dpm = _segment(segmenter, images, sampler="dpm++", steps=20, ensemble=1)
+    ddim = _segment(segmenter, images, sampler="ddim", steps=50, ensemble=1)
+    ddpm = _segment(segmenter, images, sampler="ddpm", steps=1000, ensemble=1)
+    for a, b, c in zip(dpm, ddim, ddpm):
+        assert dice(a.mask, b.mask) >= 0.95
+        assert dice(a.mask, c.mask) >= 0.95
+
+
+def test_same_seed_same_output_whatever_the_chunk(segmenter, trained_tiny):
+    images = trained_tiny["images"][:2]
+    runs = [_segment(segmenter, images, steps=5, ensemble=3, seed=7, chunk_size=c)
+            for c in (1, 4, 6)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a.mask, b.mask)
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+    different = _segment(segmenter, images, steps=5, ensemble=3, seed=8)
+    assert any(not np.allclose(a.probability, b.probability) for a, b in zip(runs[0], different))
+
+
+def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(segmenter,
+                                                                            trained_tiny):
+    (result,) = _segment(segmenter, trained_tiny["images"][:1], steps=10, ensemble=6)
+    fg = result.foreground
+    certain = (fg == 0) | (fg == 1)
+    assert certain.any()
+    assert np.all(result.variance[certain] == 0)
+    uncertain = (fg > 0.05) & (fg < 0.95)
+    if uncertain.any():
+        assert np.all(result.variance[uncertain] > 0)
+    # The variance concentrates on the boundary, not inside the object.
+    truth = trained_tiny["labels"][0].astype(bool)
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(truth, iterations=2) & ~ndimage.binary_erosion(truth,
+                                                                                 iterations=2)
+    assert result.variance[ring].mean() > result.variance[~ring].mean()
