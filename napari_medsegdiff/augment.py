@@ -25,6 +25,8 @@ class AugmentConfig:
     contrast: float = 0.1
     brightness: float = 0.1
     noise: float = 0.03
+    elastic: float = 0.0  # displacement amplitude as a fraction of the image size
+    bias: float = 0.0  # strength of a smooth multiplicative bias field
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -39,20 +41,61 @@ def random_affine(
     s = torch.exp(_uniform(n, math.log(scale[0]), math.log(scale[1]), g))
     tx, ty = _uniform(n, -translate, translate, g), _uniform(n, -translate, translate, g)
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    return torch.stack(
-        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
-    )
+    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
 
 
-def warp(image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def warp(
+    image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply affine ``theta`` (N, 2, 3): image (N, C, H, W) bilinear, labels (N, H, W) nearest."""
     grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
     fill = image.amin(dim=(2, 3), keepdim=True)
-    warped = F.grid_sample(image - fill, grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False) + fill
-    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                        align_corners=False)[:, 0].round().long()
+    warped = (
+        F.grid_sample(
+            image - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        + fill
+    )
+    lab = (
+        F.grid_sample(
+            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )[:, 0]
+        .round()
+        .long()
+    )
+    return warped, lab
+
+
+def _smooth_field(
+    n: int, channels: int, size: tuple[int, int], g: torch.Generator, coarse: int = 4
+) -> torch.Tensor:
+    """Random smooth fields (n, channels, H, W) in about [-1, 1] (bicubic from a coarse grid)."""
+    base = torch.rand(n, channels, coarse, coarse, generator=g) * 2 - 1
+    return F.interpolate(base, size=size, mode="bicubic", align_corners=True)
+
+
+def elastic_warp(
+    image: torch.Tensor, labels: torch.Tensor, g: torch.Generator, amplitude: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random displacement (amplitude x half-size), image bilinear, labels nearest."""
+    n, _, h, w = image.shape
+    disp = _smooth_field(n, 2, (h, w), g).permute(0, 2, 3, 1) * amplitude * 2
+    theta = torch.eye(2, 3).expand(n, 2, 3)
+    grid = F.affine_grid(theta.to(image), [n, 1, h, w], align_corners=False) + disp.to(image)
+    fill = image.amin(dim=(2, 3), keepdim=True)
+    warped = (
+        F.grid_sample(
+            image - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        + fill
+    )
+    lab = (
+        F.grid_sample(
+            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )[:, 0]
+        .round()
+        .long()
+    )
     return warped, lab
 
 
@@ -72,7 +115,12 @@ def augment_batch(
     if cfg.rotate_deg or cfg.scale != (1.0, 1.0) or cfg.translate:
         theta = random_affine(n, g, cfg.rotate_deg, cfg.scale, cfg.translate)
         image, labels = warp(image, labels, theta)
+    if cfg.elastic:
+        image, labels = elastic_warp(image, labels, g, cfg.elastic)
     dev = image.device
+    if cfg.bias:
+        field = torch.exp(cfg.bias * _smooth_field(n, 1, tuple(image.shape[-2:]), g)).to(dev)
+        image = (((image + 1) / 2) * field) * 2 - 1
     if cfg.gamma != (1.0, 1.0):
         gamma = torch.exp(_uniform(n, math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), g))
         unit = ((image + 1) / 2).clamp(0, 1)

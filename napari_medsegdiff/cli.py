@@ -37,8 +37,14 @@ def _positive_int(text: str) -> int:
 def _tqdm(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not _is_main_rank(),
-                dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not _is_main_rank(),
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _is_main_rank() -> bool:
@@ -51,28 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     seg = sub.add_parser("segment", help="segment NIfTI scan(s) with a diffusion ensemble")
-    seg.add_argument("images", nargs="+", help="NIfTI file(s): several co-registered files are "
-                     "channels; a single folder segments every scan in it (a cohort)")
-    seg.add_argument("-o", "--output", required=True,
-                     help="labels NIfTI to write (a folder for a cohort)")
+    seg.add_argument(
+        "images",
+        nargs="+",
+        help="NIfTI file(s): several co-registered files are "
+        "channels; a single folder segments every scan in it (a cohort)",
+    )
+    seg.add_argument(
+        "-o", "--output", required=True, help="labels NIfTI to write (a folder for a cohort)"
+    )
     seg.add_argument("--variance", help="also write the ensemble variance as float NIfTI")
     seg.add_argument("--probability", help="also write the foreground probability NIfTI")
-    seg.add_argument("--model", default=None, help="model folder or stored version "
-                     "(default: the shipped default model)")
+    seg.add_argument(
+        "--model",
+        default=None,
+        help="model folder or stored version (default: the shipped default model)",
+    )
     seg.add_argument("--ensemble", type=_positive_int, default=5)
     seg.add_argument("--steps", type=_positive_int, default=20)
     seg.add_argument("--sampler", default="dpm++", help="dpm++ | ddim | ddpm")
     seg.add_argument("--fusion", default="mean", help="mean | vote | staple")
-    seg.add_argument("--slices", default=None, help="START:STOP (half-open) or a,b,c along "
-                     "axis 0 of the displayed array; default all")
+    seg.add_argument(
+        "--slices",
+        default=None,
+        help="START:STOP (half-open) or a,b,c along axis 0 of the displayed array; default all",
+    )
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     seg.add_argument("--ct-window", default=None, help="CENTER,WIDTH intensity window for CT")
-    seg.add_argument("--chunk-size", type=_positive_int, default=None,
-                     help="rows (slices x members) per forward; default measured per device")
+    seg.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=None,
+        help="rows (slices x members) per forward; default measured per device",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    seg.add_argument("--resume", action="store_true",
-                     help="cohort: skip scans whose outputs already exist")
+    seg.add_argument(
+        "--resume", action="store_true", help="cohort: skip scans whose outputs already exist"
+    )
 
     tr = sub.add_parser("train", help="train a model on a data folder")
     tr.add_argument("--data", required=True, help="data folder")
@@ -84,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=_positive_int, default=8)
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--image-size", type=_positive_int, default=None)
-    tr.add_argument("--classes", type=_positive_int, default=2,
-                    help="label values incl. background (2 = binary)")
+    tr.add_argument(
+        "--classes",
+        type=_positive_int,
+        default=2,
+        help="label values incl. background (2 = binary)",
+    )
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--val-every", type=_positive_int, default=200)
     tr.add_argument("--seed", type=int, default=0)
@@ -97,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", default=None, help="base model (default: the shipped default)")
     ft.add_argument("--image", nargs="+", required=True, help="scan NIfTI file(s) (channels)")
     ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
-    ft.add_argument("--proposal", default=None,
-                    help="the model's original proposal; slices that differ are used")
+    ft.add_argument(
+        "--proposal",
+        default=None,
+        help="the model's original proposal; slices that differ are used",
+    )
     ft.add_argument("--slices", default=None, help="START:STOP or a,b,c (default: corrected)")
     ft.add_argument("--steps", type=_positive_int, default=200)
     ft.add_argument("--lr", type=float, default=5e-5)
@@ -115,11 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the report as JSON")
 
     demo = sub.add_parser("demo", help="open napari with the sample scan and the docks")
-    demo.add_argument("--headless", action="store_true",
-                      help="no window: segment the sample to files and print Dice")
+    demo.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: segment the sample to files and print Dice",
+    )
     demo.add_argument("--out", default="demo_output", help="folder for --headless outputs")
-    demo.add_argument("--slices", default=None, help="slices for --headless (default: a "
-                      "central block)")
+    demo.add_argument(
+        "--slices", default=None, help="slices for --headless (default: a central block)"
+    )
     demo.add_argument("--ensemble", type=_positive_int, default=5)
     demo.add_argument("--steps", type=_positive_int, default=20)
     demo.add_argument("--device", default="auto")

@@ -26,8 +26,9 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         center, width = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--ct-window: expected CENTER,WIDTH (e.g. 40,400), got {text!r}"
-                         ) from None
+        raise InputError(
+            f"--ct-window: expected CENTER,WIDTH (e.g. 40,400), got {text!r}"
+        ) from None
     if width <= 0:
         raise InputError(f"--ct-window: width must be positive, got {width}")
     return center, width
@@ -81,8 +82,9 @@ def segment_files(
             bar.n = p.done
             bar.refresh()
 
-    results = seg.segment_volume(volume.data, slices=indices, sampler=sampler, window=window,
-                                 on_progress=on_progress)
+    results = seg.segment_volume(
+        volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
+    )
     mask, var, prob = assemble(results, volume.data.shape[:3])
     if bar is not None:
         bar.close()
@@ -91,8 +93,12 @@ def segment_files(
         written.append(write_image(var, volume, var_path, overwrite=overwrite))
     if prob_path is not None:
         written.append(write_image(prob, volume, prob_path, overwrite=overwrite))
-    return {"outputs": [str(p) for p in written], "slices": len(indices),
-            "seconds": time.perf_counter() - start, "model": seg.name}
+    return {
+        "outputs": [str(p) for p in written],
+        "slices": len(indices),
+        "seconds": time.perf_counter() - start,
+        "model": seg.name,
+    }
 
 
 def _tqdm_or_none(total: int, desc: str, enabled: bool):
@@ -104,28 +110,53 @@ def _tqdm_or_none(total: int, desc: str, enabled: bool):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, ensemble=args.ensemble,
-                            fusion=args.fusion, seed=args.seed, chunk_size=args.chunk_size)
+    sampler = SamplerConfig(
+        sampler=args.sampler,
+        steps=args.steps,
+        ensemble=args.ensemble,
+        fusion=args.fusion,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+    )
     window = _parse_window(args.ct_window)
     if len(args.images) == 1 and Path(args.images[0]).is_dir():
         from napari_medsegdiff.cohort import segment_cohort
 
-        summary = segment_cohort(Path(args.images[0]), Path(args.output), sampler=sampler,
-                                 model=args.model, device=args.device, window=window,
-                                 slices=args.slices, overwrite=args.overwrite,
-                                 resume=args.resume, variance=args.variance is not None)
-        _echo(f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> "
-              f"{args.output}")
+        summary = segment_cohort(
+            Path(args.images[0]),
+            Path(args.output),
+            sampler=sampler,
+            model=args.model,
+            device=args.device,
+            window=window,
+            slices=args.slices,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            variance=args.variance is not None,
+        )
+        _echo(
+            f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> {args.output}"
+        )
         return 0
     for path in args.images:
         if not Path(path).is_file():
             raise InputError(f"{path}: file not found")
-    info = segment_files(args.images, args.output, variance=args.variance,
-                         probability=args.probability, model=args.model, sampler=sampler,
-                         slices=args.slices, device=args.device, window=window,
-                         overwrite=args.overwrite)
-    _echo(f"wrote {', '.join(info['outputs'])} ({info['slices']} slices, "
-          f"{info['seconds']:.1f} s, model {info['model']})")
+    info = segment_files(
+        args.images,
+        args.output,
+        variance=args.variance,
+        probability=args.probability,
+        model=args.model,
+        sampler=sampler,
+        slices=args.slices,
+        device=args.device,
+        window=window,
+        overwrite=args.overwrite,
+    )
+    _echo(
+        f"wrote {', '.join(info['outputs'])} ({info['slices']} slices, "
+        f"{info['seconds']:.1f} s, model {info['model']})"
+    )
     return 0
 
 
@@ -144,25 +175,44 @@ def run_train(args: argparse.Namespace) -> int:
         data = load_layout(args.data, args.layout, probe.image_size, args.classes)
         channels = int(data.images.shape[1])
         classes = max(args.classes, int(data.labels.max()) + 1)
-        cfg = preset(args.preset, in_channels=channels,
-                     mask_channels=1 if classes <= 2 else classes, **overrides)
-        tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           val_every=args.val_every, save_every=args.val_every,
-                           seed=args.seed, augment=not args.no_augment)
+        cfg = preset(
+            args.preset,
+            in_channels=channels,
+            mask_channels=1 if classes <= 2 else classes,
+            **overrides,
+        )
+        tcfg = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            val_every=args.val_every,
+            save_every=args.val_every,
+            seed=args.seed,
+            augment=not args.no_augment,
+        )
         train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
         bar = _tqdm_or_none(args.steps, "train", True)
 
         def on_progress(p) -> None:
             if bar is not None:
                 bar.n = p.done
-                bar.set_postfix(loss=f"{p.loss:.4f}" if p.loss is not None else None,
-                                dice=f"{p.metric:.3f}" if p.metric is not None else None)
+                bar.set_postfix(
+                    loss=f"{p.loss:.4f}" if p.loss is not None else None,
+                    dice=f"{p.metric:.3f}" if p.metric is not None else None,
+                )
 
-        result = train(cfg, tcfg, data.subset(train_idx), args.out,
-                       val=data.subset(val_idx) if val_idx else None,
-                       device=device or choose_device(args.device), resume=args.resume,
-                       meta={"data": str(args.data), "layout": args.layout},
-                       on_progress=on_progress, log=lambda m: print(m, file=sys.stderr))
+        result = train(
+            cfg,
+            tcfg,
+            data.subset(train_idx),
+            args.out,
+            val=data.subset(val_idx) if val_idx else None,
+            device=device or choose_device(args.device),
+            resume=args.resume,
+            meta={"data": str(args.data), "layout": args.layout},
+            on_progress=on_progress,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         if bar is not None:
             bar.close()
     dice = f", best validation Dice {result.best_dice:.3f}" if result.best_dice is not None else ""
@@ -193,16 +243,22 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.headless:
         from napari_medsegdiff.demo import run_headless_demo
 
-        summary = run_headless_demo(Path(args.out), slices=args.slices, ensemble=args.ensemble,
-                                    steps=args.steps, device=args.device,
-                                    overwrite=args.overwrite)
+        summary = run_headless_demo(
+            Path(args.out),
+            slices=args.slices,
+            ensemble=args.ensemble,
+            steps=args.steps,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
         _echo(summary)
         return 0
     try:
         from napari_medsegdiff.gui.launch import launch_demo
     except ImportError as exc:
-        raise InputError(f"the GUI needs napari and Qt: pip install 'napari-medsegdiff[gui]' "
-                         f"({exc})") from None
+        raise InputError(
+            f"the GUI needs napari and Qt: pip install 'napari-medsegdiff[gui]' ({exc})"
+        ) from None
     launch_demo()
     return 0
 

@@ -69,7 +69,7 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.0
     ff_parser: bool = True
-    # V2 only: condition model width and the SS-Former depth.
+    # Image (condition) branch width (V1 encoder, V2 condition model); V2 SS-Former depth.
     cond_channels: int = 32
     ss_former_layers: int = 1
     # Training diffusion schedule (fixed with the weights).
@@ -80,8 +80,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {self.version!r}")
-        for name in ("in_channels", "mask_channels", "image_size", "base_channels",
-                     "num_res_blocks", "num_heads", "train_timesteps"):
+        for name in (
+            "in_channels",
+            "mask_channels",
+            "image_size",
+            "base_channels",
+            "num_res_blocks",
+            "num_heads",
+            "train_timesteps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -118,17 +125,45 @@ class ModelConfig:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Tests: a forward pass in milliseconds on CPU.
-    "tiny": dict(image_size=32, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                 attention_levels=(1,), num_heads=2, cond_channels=8),
+    "tiny": dict(
+        image_size=32,
+        base_channels=8,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        num_heads=2,
+        cond_channels=8,
+    ),
     # Shipped default: interactive on a laptop CPU.
-    "lite": dict(image_size=128, base_channels=16, channel_mult=(1, 2, 2, 4),
-                 num_res_blocks=1, attention_levels=(3,), num_heads=4, cond_channels=32),
+    "lite": dict(
+        image_size=128,
+        base_channels=16,
+        channel_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attention_levels=(3,),
+        num_heads=4,
+        cond_channels=16,
+    ),
     # As published (MedSegDiff-B): 128 channels at 256 px.
-    "base": dict(image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
-                 num_res_blocks=2, attention_levels=(4,), num_heads=4, cond_channels=64),
+    "base": dict(
+        image_size=256,
+        base_channels=128,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        attention_levels=(4,),
+        num_heads=4,
+        cond_channels=64,
+    ),
     # MedSegDiff++ scale: 512 channels, 12 res blocks (3 per level x 4 levels).
-    "plus": dict(image_size=256, base_channels=512, channel_mult=(1, 1, 2, 2),
-                 num_res_blocks=3, attention_levels=(3,), num_heads=8, cond_channels=128),
+    "plus": dict(
+        image_size=256,
+        base_channels=512,
+        channel_mult=(1, 1, 2, 2),
+        num_res_blocks=3,
+        attention_levels=(3,),
+        num_heads=8,
+        cond_channels=128,
+    ),
 }
 
 
@@ -201,8 +236,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "val_every", "save_every", "aux_loss_interval"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                 f"got {value!r}")
+                raise InputError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
+                )
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr!r}")
 

@@ -46,8 +46,11 @@ class SliceSet(torch.utils.data.Dataset):
         sets = [s for s in sets if len(s)]
         if not sets:
             raise InputError("no training slices found")
-        return SliceSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
-                        [n for s in sets for n in s.source])
+        return SliceSet(
+            torch.cat([s.images for s in sets]),
+            torch.cat([s.labels for s in sets]),
+            [n for s in sets for n in s.source],
+        )
 
 
 def name_stem(path: Path) -> str:
@@ -58,8 +61,9 @@ def name_stem(path: Path) -> str:
     return path.stem
 
 
-def fit_to_square(images: np.ndarray, labels: np.ndarray, size: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_to_square(
+    images: np.ndarray, labels: np.ndarray, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (N, C, H, W) / (N, H, W) keeping aspect (longer side = size), pad to size x size."""
     n, c, h, w = images.shape
     scale = size / max(h, w)
@@ -72,8 +76,8 @@ def fit_to_square(images: np.ndarray, labels: np.ndarray, size: int
     out_img = torch.full((n, c, size, size), -1.0)
     out_lab = torch.zeros((n, size, size), dtype=torch.long)
     top, left = (size - nh) // 2, (size - nw) // 2
-    out_img[:, :, top: top + nh, left: left + nw] = img
-    out_lab[:, top: top + nh, left: left + nw] = lab
+    out_img[:, :, top : top + nh, left : left + nw] = img
+    out_lab[:, top : top + nh, left : left + nw] = lab
     return out_img, out_lab
 
 
@@ -107,19 +111,23 @@ def slices_from_volume(
         fg = [i for i in range(lab.shape[0]) if lab[i].any()]
         bg = [i for i in range(lab.shape[0]) if not lab[i].any()]
         rng = np.random.default_rng(seed)
-        keep = rng.permutation(bg)[: int(round(empty_fraction * len(fg)))].tolist()
+        keep = rng.permutation(bg)[: round(empty_fraction * len(fg))].tolist()
         indices = sorted(fg + keep)
     indices = list(indices)
     if not indices:
-        return SliceSet(torch.zeros(0, img.shape[-1], size, size),
-                        torch.zeros(0, size, size, dtype=torch.long), [])
+        return SliceSet(
+            torch.zeros(0, img.shape[-1], size, size),
+            torch.zeros(0, size, size, dtype=torch.long),
+            [],
+        )
     chosen = np.moveaxis(img[indices], -1, 1)
     images_t, labels_t = fit_to_square(chosen, lab[indices].astype(np.int64), size)
     return SliceSet(images_t, labels_t, [f"{name}[{i}]" for i in indices])
 
 
-def _find_partner(folder: Path, stem: str, suffixes: Sequence[str], extra: Sequence[str] = ()
-                  ) -> Path | None:
+def _find_partner(
+    folder: Path, stem: str, suffixes: Sequence[str], extra: Sequence[str] = ()
+) -> Path | None:
     for tail in ("", *extra):
         for suffix in suffixes:
             candidate = folder / f"{stem}{tail}{suffix}"
@@ -144,8 +152,9 @@ def load_nifti_folder(root: Path, size: int) -> SliceSet:
         if partner is None:
             raise InputError(f"{path}: no label file with the same name in {lab_dir}")
         vol, lab = read_volume(path), read_volume(partner)
-        sets.append(slices_from_volume(vol.data, np.rint(lab.data).astype(np.int64), size,
-                                       name=path.name))
+        sets.append(
+            slices_from_volume(vol.data, np.rint(lab.data).astype(np.int64), size, name=path.name)
+        )
     return SliceSet.concat(sets)
 
 
@@ -154,16 +163,25 @@ def load_isic_folder(root: Path, size: int) -> SliceSet:
     from skimage import io
 
     img_dir = next((d for d in (root / "images", root / "training", root) if d.is_dir()), root)
-    mask_dirs = [d for d in (root / "masks", root / "groundtruth", root / "GroundTruth", img_dir)
-                 if d.is_dir()]
-    files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                   and "_segmentation" not in p.stem.lower() and "_mask" not in p.stem.lower())
+    mask_dirs = [
+        d
+        for d in (root / "masks", root / "groundtruth", root / "GroundTruth", img_dir)
+        if d.is_dir()
+    ]
+    files = sorted(
+        p
+        for p in img_dir.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and "_segmentation" not in p.stem.lower()
+        and "_mask" not in p.stem.lower()
+    )
     images, labels, names = [], [], []
     for path in files:
         partner = None
         for d in mask_dirs:
-            partner = _find_partner(d, path.stem, (".png", ".jpg", ".tif"),
-                                    ("_Segmentation", "_segmentation", "_mask"))
+            partner = _find_partner(
+                d, path.stem, (".png", ".jpg", ".tif"), ("_Segmentation", "_segmentation", "_mask")
+            )
             if partner is not None and partner != path:
                 break
             partner = None
@@ -179,8 +197,9 @@ def load_isic_folder(root: Path, size: int) -> SliceSet:
         img = img[..., :3]
         mask = mask[..., 0] if mask.ndim == 3 else mask
         norm = normalize_intensity(img[None])[0]
-        im_t, lab_t = fit_to_square(np.moveaxis(norm, -1, 0)[None],
-                                    (mask > 0).astype(np.int64)[None], size)
+        im_t, lab_t = fit_to_square(
+            np.moveaxis(norm, -1, 0)[None], (mask > 0).astype(np.int64)[None], size
+        )
         images.append(im_t)
         labels.append(lab_t)
         names.append(path.name)
@@ -201,8 +220,11 @@ def load_brats_folder(root: Path, size: int, multiclass: bool = False) -> SliceS
     for case in cases:
         paths = []
         for mod in (*BRATS_MODALITIES, "seg"):
-            found = sorted(p for p in case.iterdir()
-                           if p.name.lower().endswith(tuple(f"_{mod}{s}" for s in NIFTI_SUFFIXES)))
+            found = sorted(
+                p
+                for p in case.iterdir()
+                if p.name.lower().endswith(tuple(f"_{mod}{s}" for s in NIFTI_SUFFIXES))
+            )
             if not found:
                 raise InputError(f"{case}: missing the {mod} file (layout brats)")
             paths.append(found[0])
@@ -232,12 +254,13 @@ def load_layout(root: str | Path, layout: str, size: int, classes: int = 2) -> S
     raise InputError(f"--layout: unknown layout {layout!r}; choose nifti, isic or brats")
 
 
-def split_holdout(n: int, fraction: float, seed: int = 0, contiguous: bool = False
-                  ) -> tuple[list[int], list[int]]:
+def split_holdout(
+    n: int, fraction: float, seed: int = 0, contiguous: bool = False
+) -> tuple[list[int], list[int]]:
     """(train, held-out) index lists; held-out empty when fewer than 3 items."""
     if n < 3 or fraction <= 0:
         return list(range(n)), []
-    k = max(1, int(round(n * fraction)))
+    k = max(1, round(n * fraction))
     if contiguous:
         held = list(range(n - k, n))
     else:

@@ -21,9 +21,16 @@ def default_demo_slices(depth: int, count: int = 12) -> str:
     return f"{start}:{min(depth, start + count)}"
 
 
-def run_headless_demo(out: Path, *, slices: str | None = None, ensemble: int = 5,
-                      steps: int = 20, device: str = "auto", overwrite: bool = False,
-                      model: str | None = None) -> str:
+def run_headless_demo(
+    out: Path,
+    *,
+    slices: str | None = None,
+    ensemble: int = 5,
+    steps: int = 20,
+    device: str = "auto",
+    overwrite: bool = False,
+    model: str | None = None,
+) -> str:
     """Segment the sample scan with the default model; return a printable summary."""
     from napari_medsegdiff._sample_data import sample_paths
     from napari_medsegdiff.commands import segment_files
@@ -36,14 +43,23 @@ def run_headless_demo(out: Path, *, slices: str | None = None, ensemble: int = 5
     mask_path, var_path = out / "icbm152_t1_mask.nii.gz", out / "icbm152_t1_variance.nii.gz"
     reference = np.rint(read_volume(tissue).data).astype(np.int64)
     spec = slices or default_demo_slices(reference.shape[0])
-    info = segment_files([str(t1)], str(mask_path), variance=str(var_path), model=model,
-                         sampler=SamplerConfig(steps=steps, ensemble=ensemble), slices=spec,
-                         device=device, overwrite=overwrite)
+    info = segment_files(
+        [str(t1)],
+        str(mask_path),
+        variance=str(var_path),
+        model=model,
+        sampler=SamplerConfig(steps=steps, ensemble=ensemble),
+        slices=spec,
+        device=device,
+        overwrite=overwrite,
+    )
     pred = np.rint(read_volume(mask_path).data).astype(np.int64)
     idx = parse_slices(spec, reference.shape[0])
     scores = {name: dice(pred[idx] == k, reference[idx] == k) for k, name in CLASS_NAMES.items()}
     mean = float(np.mean(list(scores.values())))
     parts = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
-    return (f"wrote {mask_path} and {var_path} ({info['slices']} slices {spec}, "
-            f"{info['seconds']:.1f} s, model {info['model']}); "
-            f"Dice vs reference: {parts}, mean {mean:.3f}")
+    return (
+        f"wrote {mask_path} and {var_path} ({info['slices']} slices {spec}, "
+        f"{info['seconds']:.1f} s, model {info['model']}); "
+        f"Dice vs reference: {parts}, mean {mean:.3f}"
+    )

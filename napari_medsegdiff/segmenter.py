@@ -57,8 +57,9 @@ def member_seed(seed: int, member: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def parse_slices(spec: str | Sequence[int] | slice | None, depth: int, arg: str = "--slices"
-                 ) -> list[int]:
+def parse_slices(
+    spec: str | Sequence[int] | slice | None, depth: int, arg: str = "--slices"
+) -> list[int]:
     """``None`` -> all; ``'a:b'`` half-open; ``'a,b,c'``; a slice or list of ints."""
     if spec is None:
         return list(range(depth))
@@ -78,8 +79,9 @@ def parse_slices(spec: str | Sequence[int] | slice | None, depth: int, arg: str 
                 return list(range(start, stop))
             indices = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise InputError(f"{arg}: expected START:STOP or a,b,c with integers, got {text!r}"
-                             ) from None
+            raise InputError(
+                f"{arg}: expected START:STOP or a,b,c with integers, got {text!r}"
+            ) from None
     else:
         indices = [int(i) for i in spec]
     bad = [i for i in indices if not 0 <= i < depth]
@@ -101,8 +103,9 @@ class Segmenter:
         self._chunk_cache: dict[tuple[int, int], int] = {}
 
     @classmethod
-    def load(cls, model: str | Path | None = None, device: str | torch.device = "auto"
-             ) -> Segmenter:
+    def load(
+        cls, model: str | Path | None = None, device: str | torch.device = "auto"
+    ) -> Segmenter:
         """Load the shipped default (``None``), a model folder or a store version."""
         dev = choose_device(device)
         net, info = load_model(resolve_model(model), dev)
@@ -117,8 +120,9 @@ class Segmenter:
         return self.info.path
 
     # ------------------------------------------------------------------ inputs
-    def prepare(self, data: np.ndarray, *, normalize: bool = True, window: tuple[float, float]
-                | None = None) -> np.ndarray:
+    def prepare(
+        self, data: np.ndarray, *, normalize: bool = True, window: tuple[float, float] | None = None
+    ) -> np.ndarray:
         """Volume (z, y, x[, c]) -> normalised float32 (z, c, y, x) model input."""
         arr = np.asarray(data)
         if arr.ndim == 3:
@@ -180,8 +184,11 @@ class Segmenter:
         if arr.ndim != 3:
             raise InputError(f"image: expected a 2-D image (H, W[, C]), got shape {arr.shape}")
         images = self.prepare(arr[None])
-        results = list(self.segment_slices(images, [0], sampler=sampler, cancel=cancel,
-                                           on_progress=on_progress))
+        results = list(
+            self.segment_slices(
+                images, [0], sampler=sampler, cancel=cancel, on_progress=on_progress
+            )
+        )
         return results[0]
 
     def segment_slices(
@@ -208,11 +215,19 @@ class Segmenter:
         if on_progress:
             on_progress(Progress(0, len(indices), "starting", None))
         while pos < len(rows):
-            part = rows[pos: pos + chunk]
+            part = rows[pos : pos + chunk]
             try:
-                x0, cond_cache = self._sample_rows(part, images, (mh, mw), cfg, cond_cache,
-                                                   cancel, on_progress, done_slices,
-                                                   len(indices))
+                x0, cond_cache = self._sample_rows(
+                    part,
+                    images,
+                    (mh, mw),
+                    cfg,
+                    cond_cache,
+                    cancel,
+                    on_progress,
+                    done_slices,
+                    len(indices),
+                )
             except RuntimeError as exc:
                 if not is_out_of_memory(exc) or chunk == 1:
                     raise
@@ -229,12 +244,12 @@ class Segmenter:
                 result = self._fuse(s, stack, (height, width), cfg)
                 done_slices += 1
                 if on_progress:
-                    on_progress(Progress(done_slices, len(indices), f"slice {s}",
-                                         clock.eta(done_slices)))
+                    on_progress(
+                        Progress(done_slices, len(indices), f"slice {s}", clock.eta(done_slices))
+                    )
                 yield result
 
-    def _sample_rows(self, part, images, size, cfg, cond_cache, cancel, on_progress,
-                     done, total):
+    def _sample_rows(self, part, images, size, cfg, cond_cache, cancel, on_progress, done, total):
         check(cancel)
         unique = tuple(sorted({s for s, _ in part}))
         if cond_cache is not None and set(unique) <= set(cond_cache[0]):
@@ -258,20 +273,25 @@ class Segmenter:
 
         def on_step(step: int, steps: int) -> None:
             if on_progress:
-                on_progress(Progress(done, total, f"denoising step {step}/{steps}", None,
-                                     step=step, steps=steps))
+                on_progress(
+                    Progress(
+                        done, total, f"denoising step {step}/{steps}", None, step=step, steps=steps
+                    )
+                )
 
         with torch.inference_mode():
             x0 = denoise_loop(denoise, x, scheduler, cfg.steps, generators, cancel, on_step)
         return x0, (slice_ids, cond)
 
-    def _fuse(self, index: int, x0: torch.Tensor, size: tuple[int, int], cfg: SamplerConfig
-              ) -> SliceResult:
+    def _fuse(
+        self, index: int, x0: torch.Tensor, size: tuple[int, int], cfg: SamplerConfig
+    ) -> SliceResult:
         probs = member_probabilities(x0.numpy())  # (M, K, h, w)
         probs = np.asarray(resize_probabilities(probs, size), dtype=np.float32)
         fused = fuse(probs, cfg.fusion, cfg.threshold)
-        return SliceResult(index, fused.mask.astype(np.uint8), fused.probability,
-                           fused.variance, fused.entropy)
+        return SliceResult(
+            index, fused.mask.astype(np.uint8), fused.probability, fused.variance, fused.entropy
+        )
 
     # ------------------------------------------------------------ chunk size
     def auto_chunk_size(self, height: int, width: int) -> int:
@@ -308,8 +328,9 @@ class Segmenter:
         return best
 
 
-def assemble(results: Sequence[SliceResult] | Iterator[SliceResult], shape: tuple[int, int, int]
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assemble(
+    results: Sequence[SliceResult] | Iterator[SliceResult], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack slice results into (mask uint8, variance float32, foreground prob float32) volumes.
 
     Slices not present stay 0.

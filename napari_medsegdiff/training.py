@@ -2,14 +2,24 @@
 
 Writes two model folders under ``out``: ``best/`` (EMA weights with the highest validation
 Dice, or the last ones without validation) and ``last/`` (EMA weights plus the training
-state needed to resume: raw weights, EMA, optimiser, step). Under ``torchrun`` the model is
-wrapped in DistributedDataParallel, data are sharded with a DistributedSampler, and only
-rank 0 writes files or reports progress.
+state needed to resume: raw weights, EMA, optimiser, step).
+
+Distributed (``torchrun``, see docs/DISTRIBUTED.md): when a process group is initialised the
+model is wrapped in DistributedDataParallel (``find_unused_parameters`` only where a probe
+finds parameters outside the loss graph) and each epoch's shuffled order comes from a
+DistributedSampler (``set_epoch``), so every rank gets a different shard. ``batch_size`` is
+the *global* batch: each of the W ranks takes ``batch_size // W`` samples. Diffusion noise
+and timesteps are drawn per sample from ``(seed, step, sample index)``, so W ranks x b
+samples train exactly like one process with W x b; augmentation draws per ``(seed, step,
+rank)``. Losses, validation Dice (computed on all ranks over shards of the held-out set)
+and cancellation are reduced over ranks, so every rank takes the same decisions. Only
+rank 0 writes ``best/`` and ``last/`` (atomically, via :func:`save_model`) and reports
+progress; the saved state is global, so a run resumes with any number of ranks.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import math
 import time
@@ -55,6 +65,65 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (splitmix64 chain): (seed, step, index) -> seed."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & _MASK64)) & _MASK64
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = z ^ (z >> 31)
+    return state >> 1
+
+
+def sample_noise(
+    indices: list[int], step: int, seed: int, shape: tuple[int, ...], num_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B,) and noise (B, *shape) on CPU, drawn per sample from (seed, step, index).
+
+    A sample's draw does not depend on which rank holds it nor on the batch it is in, so
+    data-parallel training over any number of ranks sees the same noise as one process.
+    """
+    ts, noises = [], []
+    for index in indices:
+        g = torch.Generator().manual_seed(mix_seed(seed, step, 0, index))
+        ts.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noises.append(torch.randn(shape, generator=g))
+    return torch.cat(ts), torch.stack(noises)
+
+
+def diffusion_loss(
+    net: torch.nn.Module,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    mask_channels: int,
+    aux_weight: float = 0.0,
+) -> torch.Tensor:
+    """Mean training loss of a batch for explicit timesteps ``t`` and ``noise``.
+
+    MSE between the network output and the schedule's target (epsilon or v), plus
+    ``aux_weight`` x the V2 anchor loss (Dice + CE of the condition model) when > 0.
+    """
+    from napari_medsegdiff.model import anchor_loss
+
+    x0 = labels_to_mask(labels, mask_channels)
+    x_t = schedule.add_noise(x0, noise, t)
+    output = net(x_t, t, images)
+    loss = F.mse_loss(output.prediction.float(), schedule.target(x0, noise, t))
+    if aux_weight and output.anchor_logits is not None:
+        loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), labels)
+    return loss
+
+
 def labels_to_mask(labels: torch.Tensor, mask_channels: int) -> torch.Tensor:
     """Class map (B, H, W) -> diffusion target (B, K, H, W) in [-1, 1]."""
     if mask_channels == 1:
@@ -95,38 +164,133 @@ def dice_score(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
 
 
 @torch.no_grad()
-def sample_masks(model: torch.nn.Module, cfg: ModelConfig, images: torch.Tensor, *,
-                 steps: int = 20, ensemble: int = 1, seed: int = 0, sampler: str = "dpm++",
-                 batch: int = 8, cancel: CancelToken | None = None) -> np.ndarray:
+def sample_masks(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    images: torch.Tensor,
+    *,
+    steps: int = 20,
+    ensemble: int = 1,
+    seed: int = 0,
+    sampler: str = "dpm++",
+    batch: int = 8,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
     """Fused label maps (N, H, W) for model-sized images (N, C, H, W) (validation helper)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, images.shape[0], batch):
-        img = images[start: start + batch].to(device)
+        img = images[start : start + batch].to(device)
         n = img.shape[0]
         cond = model.encode_condition(img)
         idx = torch.arange(n, device=device).repeat_interleave(ensemble)
-        gens = [torch.Generator().manual_seed(seed * 1000 + m) for _ in range(n)
-                for m in range(ensemble)]
+        gens = [
+            torch.Generator().manual_seed(seed * 1000 + m)
+            for _ in range(n)
+            for m in range(ensemble)
+        ]
         x = initial_noise((cfg.mask_channels, *img.shape[-2:]), gens, device)
         row_cond = cond.index(idx)
-        x0 = denoise_loop(lambda x_t, t: model.denoise(x_t, t, row_cond), x,
-                          make_scheduler(sampler, cfg), steps, gens, cancel)
+        x0 = denoise_loop(
+            lambda x_t, t, c=row_cond: model.denoise(x_t, t, c),
+            x,
+            make_scheduler(sampler, cfg),
+            steps,
+            gens,
+            cancel,
+        )
         probs = member_probabilities(x0.float().cpu().numpy())
         probs = probs.reshape(n, ensemble, *probs.shape[1:])
         out.extend(fuse(p, "mean").mask for p in probs)
     return np.stack(out)
 
 
-def validate(model: torch.nn.Module, cfg: ModelConfig, val: SliceSet, steps: int = 20,
-             ensemble: int = 1, seed: int = 0) -> float:
+def validate(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    val: SliceSet,
+    steps: int = 20,
+    ensemble: int = 1,
+    seed: int = 0,
+) -> float:
     """Mean foreground Dice of sampled masks on a held-out SliceSet."""
+    if len(val) == 0:
+        return float("nan")
+    return _dice_sum(model, cfg, val.images, val.labels, steps, ensemble, seed) / len(val)
+
+
+def _dice_sum(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    ensemble: int,
+    seed: int,
+) -> float:
+    if images.shape[0] == 0:
+        return 0.0
     was_training = model.training
     model.eval()
-    pred = sample_masks(model, cfg, val.images, steps=steps, ensemble=ensemble, seed=seed)
+    pred = sample_masks(model, cfg, images, steps=steps, ensemble=ensemble, seed=seed)
     model.train(was_training)
-    truth = val.labels.numpy()
-    return float(np.mean([dice_score(p, t, cfg.num_classes) for p, t in zip(pred, truth)]))
+    truth = labels.numpy()
+    return float(np.sum([dice_score(p, t, cfg.num_classes) for p, t in zip(pred, truth)]))
+
+
+def _validate_ema(
+    ema: EMA,
+    cfg: ModelConfig,
+    val: SliceSet,
+    tcfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> float:
+    """Validation Dice of the EMA weights; each rank samples its shard, the sum is reduced.
+
+    Sampling seeds do not depend on the slice's position, so the result equals the
+    one-process :func:`validate` whatever the number of ranks.
+    """
+    from napari_medsegdiff.distributed import all_reduce
+    from napari_medsegdiff.model import build_model
+
+    with torch.random.fork_rng(devices=[]):  # building a model must not shift training RNG
+        ema_model = build_model(cfg).to(device)
+    ema_model.load_state_dict(ema.shadow)
+    mine = list(range(rank, len(val), world))
+    local = _dice_sum(
+        ema_model,
+        cfg,
+        val.images[mine],
+        val.labels[mine],
+        tcfg.val_steps,
+        tcfg.val_ensemble,
+        tcfg.seed,
+    )
+    del ema_model
+    (total,) = all_reduce([local])
+    return total / len(val)
+
+
+def _has_unused_parameters(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    cfg: ModelConfig,
+    data: SliceSet,
+    device: torch.device,
+) -> bool:
+    """Probe one sample: do some trainable parameters get no gradient (DDP must be told)?"""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images, labels = data.images[:1].to(device), data.labels[:1].to(device)
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        noise = torch.zeros((1, cfg.mask_channels, *labels.shape[-2:]), device=device)
+        diffusion_loss(
+            model, schedule, images, labels, t, noise, mask_channels=cfg.mask_channels
+        ).backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    return unused
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -141,8 +305,9 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                       meta: dict) -> None:
+def _restore_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
@@ -154,9 +319,17 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def _save_last(out: Path, model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-               cfg: ModelConfig, tcfg: TrainConfig, step: int, history: dict, meta: dict
-               ) -> Path:
+def _save_last(
+    out: Path,
+    model: torch.nn.Module,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    step: int,
+    history: dict,
+    meta: dict,
+) -> Path:
     from safetensors.torch import save
 
     opt_tensors, opt_meta = _optimizer_tensors(opt)
@@ -164,12 +337,24 @@ def _save_last(out: Path, model: torch.nn.Module, ema: EMA, opt: torch.optim.Opt
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     tensors.update(opt_tensors)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    state_json = {"step": step, "optimizer": opt_meta, "history": history,
-                  "train_config": tcfg.to_dict()}
-    extra = {STATE_TENSORS: save(tensors),
-             STATE_JSON: (json.dumps(state_json, default=float) + "\n").encode()}
-    return save_model(out / "last", ema.shadow, cfg, meta={**meta, "step": step},
-                      extra_files=extra, overwrite=True)
+    state_json = {
+        "step": step,
+        "optimizer": opt_meta,
+        "history": history,
+        "train_config": tcfg.to_dict(),
+    }
+    extra = {
+        STATE_TENSORS: save(tensors),
+        STATE_JSON: (json.dumps(state_json, default=float) + "\n").encode(),
+    }
+    return save_model(
+        out / "last",
+        ema.shadow,
+        cfg,
+        meta={**meta, "step": step},
+        extra_files=extra,
+        overwrite=True,
+    )
 
 
 def _load_last(out: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -197,8 +382,13 @@ def train(
     cancel: CancelToken | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train (or fine-tune from ``init_state``) for ``tcfg.steps`` optimiser steps."""
-    from napari_medsegdiff.model import anchor_loss, build_model
+    """Train (or fine-tune from ``init_state``) for ``tcfg.steps`` optimiser steps.
+
+    Under an initialised process group (torchrun) this is one rank of a data-parallel run:
+    ``tcfg.batch_size`` is the global batch, split evenly over the ranks (module docstring).
+    """
+    from napari_medsegdiff.distributed import all_gather_object, all_reduce, barrier
+    from napari_medsegdiff.model import build_model
 
     out = Path(out)
     device = torch.device(device)
@@ -209,7 +399,7 @@ def train(
     world = dist.get_world_size() if distributed else 1
     main = rank == 0
     meta = dict(meta or {})
-    torch.manual_seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -231,76 +421,109 @@ def train(
             step, history = int(state_json["step"]), state_json["history"]
             if log and main:
                 log(f"resumed from {out / 'last'} at step {step}")
+        if distributed and len(set(all_gather_object(step))) > 1:
+            raise InputError(
+                f"--resume: the ranks found different states in {out / 'last'}; "
+                "--out must be on a filesystem shared by all nodes"
+            )
+    torch.manual_seed(mix_seed(tcfg.seed, 1, rank))  # dropout etc. differ per rank
+    schedule = NoiseSchedule(cfg)
     net: torch.nn.Module = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
-    schedule = NoiseSchedule(cfg)
+        unused = _has_unused_parameters(model, schedule, cfg, data, device)
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
     use_amp = tcfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
     per_rank = max(1, tcfg.batch_size // world)
-    gen = torch.Generator().manual_seed(tcfg.seed * 7919 + rank)
-    sampler = (torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank,
-                                                   shuffle=True, seed=tcfg.seed, drop_last=False)
-               if distributed else None)
+    if main and log and per_rank * world != tcfg.batch_size:
+        log(
+            f"batch size {tcfg.batch_size} is not a multiple of {world} processes: using "
+            f"{per_rank} per process ({per_rank * world} in total)"
+        )
+    aug_gen = torch.Generator()
+    # Shuffled per epoch from (seed, epoch); rank r takes every W-th index of the global order.
+    sampler = torch.utils.data.DistributedSampler(
+        data, num_replicas=world, rank=rank, shuffle=True, seed=tcfg.seed, drop_last=False
+    )
+    per_epoch = max(1, len(sampler) // per_rank)
     micro = per_rank
     clock = EtaClock(tcfg.steps - step)
     start_step = step
-    cancelled = False
+    cancelled = stop = False
     aug = augment or AugmentConfig()
     best_dir: Path | None = out / "best" if (out / "best").is_dir() else None
 
-    def batches():
-        epoch = step // max(1, math.ceil(len(data) / (per_rank * world)))
+    def batches(first_step: int):
+        """(dataset indices, images, labels) of this rank, continuing at ``first_step``."""
+        epoch, skip = divmod(first_step, per_epoch)
         while True:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                order = list(iter(sampler))
-            else:
-                order = torch.randperm(len(data), generator=gen).tolist()
-            for i in range(0, len(order) - per_rank + 1 if len(order) >= per_rank else 1,
-                           per_rank):
-                idx = order[i: i + per_rank]
-                while len(idx) < per_rank:
-                    idx = idx + order[: per_rank - len(idx)]
-                yield data.images[idx], data.labels[idx]
+            sampler.set_epoch(epoch)  # a new shuffle, and a different shard per rank
+            order = list(iter(sampler))
+            if len(order) < per_rank:
+                order = (order * math.ceil(per_rank / len(order)))[:per_rank]
+            for b in range(skip, per_epoch):
+                idx = order[b * per_rank : (b + 1) * per_rank]
+                yield idx, data.images[idx], data.labels[idx]
+            skip = 0
             epoch += 1
 
-    stream = batches()
+    stream = batches(step)
     net.train()
     while step < tcfg.steps:
-        if cancel is not None and cancel.cancelled:
+        if stop or (cancel is not None and cancel.cancelled and not distributed):
             cancelled = True
             break
-        images, labels = next(stream)
+        idx, images, labels = next(stream)
         images, labels = images.to(device), labels.to(device)
         if tcfg.augment:
-            images, labels = augment_batch(images, labels, gen, aug)
-        x0 = labels_to_mask(labels, cfg.mask_channels)
-        t = schedule.sample_timesteps(x0.shape[0], gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+            aug_gen.manual_seed(mix_seed(tcfg.seed, step, 1, rank))
+            images, labels = augment_batch(images, labels, aug_gen, aug)
+        t, noise = sample_noise(
+            idx, step, tcfg.seed, (cfg.mask_channels, *labels.shape[-2:]), schedule.num_timesteps
+        )
+        t, noise = t.to(device), noise.to(device)
         use_aux = cfg.version == "v2" and step % tcfg.aux_loss_interval == 0
+        aux_weight = tcfg.aux_loss_weight if use_aux else 0.0
         try:
             opt.zero_grad(set_to_none=True)
             loss_value = 0.0
-            for s in range(0, x0.shape[0], micro):
+            starts = list(range(0, images.shape[0], micro))
+            for j, s in enumerate(starts):
                 part = slice(s, s + micro)
-                frac = x0[part].shape[0] / x0.shape[0]
-                with autocast(device, use_amp):
-                    x_t = schedule.add_noise(x0[part], noise[part], t[part])
-                    output = net(x_t, t[part], images[part])
-                    loss = F.mse_loss(output.prediction.float(),
-                                      schedule.target(x0[part], noise[part], t[part]))
-                    if use_aux and output.anchor_logits is not None:
-                        loss = loss + tcfg.aux_loss_weight * anchor_loss(
-                            output.anchor_logits.float(), labels[part])
-                scaler.scale(loss * frac).backward()
+                frac = images[part].shape[0] / images.shape[0]
+                # DDP: all-reduce gradients once, after the last micro-batch.
+                sync = (
+                    net.no_sync()
+                    if distributed and j < len(starts) - 1
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast(device, use_amp):
+                        loss = diffusion_loss(
+                            net,
+                            schedule,
+                            images[part],
+                            labels[part],
+                            t[part],
+                            noise[part],
+                            mask_channels=cfg.mask_channels,
+                            aux_weight=aux_weight,
+                        )
+                    scaler.scale(loss * frac).backward()
                 loss_value += float(loss.detach()) * frac
         except RuntimeError as exc:
             if not is_out_of_memory(exc) or micro == 1:
                 raise
+            if distributed:  # ranks cannot agree on a retry: stop with advice
+                raise InputError(
+                    f"out of memory on rank {rank} with {per_rank} samples per "
+                    "process; lower --batch-size (or the preset / image size)"
+                ) from None
             with released_memory(device):
                 micro = max(1, micro // 2)
             if log and main:
@@ -312,42 +535,68 @@ def train(
         scaler.update()
         ema.update(model, step)
         step += 1
+        if distributed:  # the global mean loss; a cancel on any rank stops all of them
+            loss_sum, flags = all_reduce(
+                [loss_value, float(cancel is not None and cancel.cancelled)]
+            )
+            loss_value, stop = loss_sum / world, flags > 0
         if not math.isfinite(loss_value):
             raise InputError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
         history["loss"].append(loss_value)
         metric = None
         if val is not None and len(val) and (step % tcfg.val_every == 0 or step == tcfg.steps):
-            if main:
-                ema_model = copy.deepcopy(model)
-                ema_model.load_state_dict(ema.shadow)
-                metric = validate(ema_model, cfg, val, tcfg.val_steps, tcfg.val_ensemble,
-                                  tcfg.seed)
-                history["val_dice"].append([step, metric])
-                best = history.get("best_dice")
-                if best is None or metric > best:
-                    history["best_dice"] = metric
-                    best_dir = save_model(out / "best", ema.shadow, cfg,
-                                          meta={**meta, "step": step, "val_dice": metric},
-                                          overwrite=True)
-                del ema_model
+            metric = _validate_ema(ema, cfg, val, tcfg, device, rank, world)
+            history["val_dice"].append([step, metric])
+            best = history.get("best_dice")
+            if best is None or metric > best:
+                history["best_dice"] = metric
+                if main:
+                    best_dir = save_model(
+                        out / "best",
+                        ema.shadow,
+                        cfg,
+                        meta={**meta, "step": step, "val_dice": metric},
+                        overwrite=True,
+                    )
         if main and (step % tcfg.save_every == 0 or step == tcfg.steps):
             _save_last(out, model, ema, opt, cfg, tcfg, step, history, meta)
         if on_progress and main:
-            on_progress(Progress(step, tcfg.steps, f"step {step}: loss {loss_value:.4f}",
-                                 clock.eta(step - start_step), loss=loss_value, metric=metric))
+            on_progress(
+                Progress(
+                    step,
+                    tcfg.steps,
+                    f"step {step}: loss {loss_value:.4f}",
+                    clock.eta(step - start_step),
+                    loss=loss_value,
+                    metric=metric,
+                )
+            )
     last = None
     if main and step > start_step:
-        last = _save_last(out, model, ema, opt, cfg, tcfg, step, history,
-                          {**meta, "partial": cancelled})
+        last = _save_last(
+            out, model, ema, opt, cfg, tcfg, step, history, {**meta, "partial": cancelled}
+        )
     if main and (val is None or not len(val)) and step > start_step:
-        best_dir = save_model(out / "best", ema.shadow, cfg,
-                              meta={**meta, "step": step, "partial": cancelled}, overwrite=True)
+        best_dir = save_model(
+            out / "best",
+            ema.shadow,
+            cfg,
+            meta={**meta, "step": step, "partial": cancelled},
+            overwrite=True,
+        )
     if distributed:
-        dist.barrier()
-    return TrainResult(best=best_dir, last=last if main else None, steps_done=step,
-                       losses=list(history["loss"]),
-                       val_dice=[tuple(v) for v in history["val_dice"]],
-                       best_dice=history.get("best_dice"), cancelled=cancelled)
+        barrier()  # rank 0's files are complete before any rank returns
+        if best_dir is None and (out / "best").is_dir():
+            best_dir = out / "best"
+    return TrainResult(
+        best=best_dir,
+        last=last if main else None,
+        steps_done=step,
+        losses=list(history["loss"]),
+        val_dice=[tuple(v) for v in history["val_dice"]],
+        best_dice=history.get("best_dice"),
+        cancelled=cancelled,
+    )
 
 
 def raise_if_cancelled(result: TrainResult) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversubscription
 
 from synthetic import ellipse_task  # noqa: E402
 
@@ -30,16 +29,25 @@ def trained_tiny(tmp_path_factory) -> dict:
     from napari_medsegdiff.training import train
 
     images, labels = ellipse_task(96, seed=1)
-    data = SliceSet(torch.from_numpy(images[:, None] * 2 - 1), torch.from_numpy(labels),
-                    [f"e{i}" for i in range(len(images))])
+    data = SliceSet(
+        torch.from_numpy(images[:, None] * 2 - 1),
+        torch.from_numpy(labels),
+        [f"e{i}" for i in range(len(images))],
+    )
     cfg = preset("tiny", version="v2")
-    tcfg = TrainConfig(steps=TINY_STEPS, batch_size=16, lr=3e-3, ema_decay=0.99,
-                       val_every=10_000, save_every=10_000, seed=0)
+    tcfg = TrainConfig(
+        steps=TINY_STEPS,
+        batch_size=16,
+        lr=3e-3,
+        ema_decay=0.99,
+        val_every=10_000,
+        save_every=10_000,
+        seed=0,
+    )
     out = tmp_path_factory.mktemp("tiny_model")
     result = train(cfg, tcfg, data, out, device="cpu")
     test_images, test_labels = ellipse_task(8, seed=99)
-    return {"path": result.best, "images": test_images, "labels": test_labels,
-            "result": result}
+    return {"path": result.best, "images": test_images, "labels": test_labels, "result": result}
 
 
 TINY_STEPS = 400

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def ellipse_task(n: int, size: tuple[int, int] = (32, 32), seed: int = 0, classes: int = 2,
-                 noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def ellipse_task(
+    n: int, size: tuple[int, int] = (32, 32), seed: int = 0, classes: int = 2, noise: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W) float32 and labels (n, H, W) int64."""
     rng = np.random.default_rng(seed)
     h, w = size

@@ -25,15 +25,19 @@ from napari_medsegdiff.model import build_model
 @pytest.fixture
 def tiny_folder(tmp_path):
     cfg = preset("tiny")
-    return save_model(tmp_path / "tiny", build_model(cfg).state_dict(), cfg,
-                      provenance={"why": "test"})
+    return save_model(
+        tmp_path / "tiny", build_model(cfg).state_dict(), cfg, provenance={"why": "test"}
+    )
 
 
 def test_roundtrip_builds_the_same_network(tiny_folder):
     model, info = load_model(tiny_folder)
     assert info.config == preset("tiny")
     assert sorted(p.name for p in tiny_folder.iterdir()) == [
-        "config.json", "model.safetensors", "provenance.json"]
+        "config.json",
+        "model.safetensors",
+        "provenance.json",
+    ]
     again, _ = load_model(tiny_folder)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
@@ -48,12 +52,15 @@ def test_save_refuses_to_clobber(tiny_folder):
     assert not [p for p in tiny_folder.parent.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda f: (f / "config.json").unlink(), "config.json is missing"),
-    (lambda f: (f / "config.json").write_text("{not json"), "corrupt JSON"),
-    (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10), "corrupt safetensors"),
-    (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda f: (f / "config.json").unlink(), "config.json is missing"),
+        (lambda f: (f / "config.json").write_text("{not json"), "corrupt JSON"),
+        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10), "corrupt safetensors"),
+        (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
+    ],
+)
 def test_damaged_folders_are_clear_errors(tiny_folder, damage, match):
     damage(tiny_folder)
     with pytest.raises(ModelError, match=match):
@@ -64,7 +71,7 @@ def test_wrong_shapes_name_the_tensor(tiny_folder):
     meta = json.loads((tiny_folder / "config.json").read_text())
     meta["model"]["base_channels"] = 16
     (tiny_folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="tensor|match"):
+    with pytest.raises(ModelError, match=r"tensor|match"):
         load_model(tiny_folder)
 
 
@@ -101,10 +108,18 @@ def test_plain_pt_state_dict_is_accepted(tmp_path):
 def test_store_lists_complete_versions_newest_first(tmp_path):
     store = ModelStore(tmp_path / "store")
     cfg = preset("tiny")
-    first = save_model(store.new_version_path("base"), build_model(cfg).state_dict(), cfg,
-                       meta={"created": "2026-01-01T00:00:00+00:00"})
-    second = save_model(store.new_version_path("base"), build_model(cfg).state_dict(), cfg,
-                        meta={"created": "2026-02-01T00:00:00+00:00"})
+    first = save_model(
+        store.new_version_path("base"),
+        build_model(cfg).state_dict(),
+        cfg,
+        meta={"created": "2026-01-01T00:00:00+00:00"},
+    )
+    second = save_model(
+        store.new_version_path("base"),
+        build_model(cfg).state_dict(),
+        cfg,
+        meta={"created": "2026-02-01T00:00:00+00:00"},
+    )
     (store.root / "broken").mkdir()
     (store.root / ".base.tmp-123").mkdir()
     names = [e.path for e in store.versions()]

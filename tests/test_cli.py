@@ -33,21 +33,81 @@ def test_train_segment_evaluate(tmp_path, capsys):
     for i in range(3):
         _write_case(data, f"case{i}", seed=i)
     out = tmp_path / "model"
-    assert main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny",
-                 "--steps", "6", "--batch-size", "4", "--val-every", "3", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "6",
+                "--batch-size",
+                "4",
+                "--val-every",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (out / "best" / "model.safetensors").is_file()
     assert (out / "last" / "training_state.safetensors").is_file()
     # Resume continues from the saved step.
-    assert main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny",
-                 "--steps", "8", "--batch-size", "4", "--val-every", "4", "--device", "cpu",
-                 "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "8",
+                "--batch-size",
+                "4",
+                "--val-every",
+                "4",
+                "--device",
+                "cpu",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "last" / "config.json").read_text())["step"] == 8
 
     scan, truth = data / "images" / "case0.nii.gz", data / "labels" / "case0.nii.gz"
     pred, var = tmp_path / "pred.nii.gz", tmp_path / "var.nii.gz"
-    assert main(["segment", str(scan), "-o", str(pred), "--variance", str(var),
-                 "--model", str(out / "best"), "--ensemble", "2", "--steps", "3",
-                 "--slices", "1:4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(scan),
+                "-o",
+                str(pred),
+                "--variance",
+                str(var),
+                "--model",
+                str(out / "best"),
+                "--ensemble",
+                "2",
+                "--steps",
+                "3",
+                "--slices",
+                "1:4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     src, got, v = nib.load(scan), nib.load(pred), nib.load(var)
     assert got.shape == src.shape and np.allclose(got.affine, src.affine)
     assert v.shape == src.shape and v.get_fdata().min() >= 0
@@ -59,21 +119,30 @@ def test_train_segment_evaluate(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
     report = tmp_path / "report.json"
-    assert main(["evaluate", "--pred", str(truth), "--truth", str(truth),
-                 "--json", str(report)]) == 0
+    assert (
+        main(["evaluate", "--pred", str(truth), "--truth", str(truth), "--json", str(report)]) == 0
+    )
     assert json.loads(report.read_text())["mean"]["dice"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["segment", "missing.nii.gz", "-o", "x.nii.gz"], "missing.nii.gz"),
-    (["segment", "a.nii.gz", "-o", "x.nii.gz", "--ensemble", "0"], "--ensemble"),
-    (["segment", "a.nii.gz", "-o", "x.nii.gz", "--sampler", "euler"], ""),
-    (["train", "--data", "nowhere", "--out", "m"], "nowhere"),
-    (["evaluate", "--pred", "p.nii.gz", "--truth", "t.nii.gz"], "p.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["segment", "missing.nii.gz", "-o", "x.nii.gz"], "missing.nii.gz"),
+        (["segment", "a.nii.gz", "-o", "x.nii.gz", "--ensemble", "0"], "--ensemble"),
+        (["segment", "a.nii.gz", "-o", "x.nii.gz", "--sampler", "euler"], ""),
+        (["train", "--data", "nowhere", "--out", "m"], "nowhere"),
+        (["evaluate", "--pred", "p.nii.gz", "--truth", "t.nii.gz"], "p.nii.gz"),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(tmp_path, argv, needle):
-    proc = subprocess.run([sys.executable, "-m", "napari_medsegdiff", *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_medsegdiff", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert "Traceback" not in err

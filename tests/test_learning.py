@@ -44,8 +44,9 @@ def test_samplers_agree(segmenter, trained_tiny):
 
 def test_same_seed_same_output_whatever_the_chunk(segmenter, trained_tiny):
     images = trained_tiny["images"][:2]
-    runs = [_segment(segmenter, images, steps=5, ensemble=3, seed=7, chunk_size=c)
-            for c in (1, 4, 6)]
+    runs = [
+        _segment(segmenter, images, steps=5, ensemble=3, seed=7, chunk_size=c) for c in (1, 4, 6)
+    ]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             np.testing.assert_array_equal(a.mask, b.mask)
@@ -54,8 +55,9 @@ def test_same_seed_same_output_whatever_the_chunk(segmenter, trained_tiny):
     assert any(not np.allclose(a.probability, b.probability) for a, b in zip(runs[0], different))
 
 
-def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(segmenter,
-                                                                            trained_tiny):
+def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(
+    segmenter, trained_tiny
+):
     (result,) = _segment(segmenter, trained_tiny["images"][:1], steps=10, ensemble=6)
     fg = result.foreground
     certain = (fg == 0) | (fg == 1)
@@ -68,6 +70,7 @@ def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(seg
     truth = trained_tiny["labels"][0].astype(bool)
     from scipy import ndimage
 
-    ring = ndimage.binary_dilation(truth, iterations=2) & ~ndimage.binary_erosion(truth,
-                                                                                 iterations=2)
+    ring = ndimage.binary_dilation(truth, iterations=2) & ~ndimage.binary_erosion(
+        truth, iterations=2
+    )
     assert result.variance[ring].mean() > result.variance[~ring].mean()

@@ -16,6 +16,15 @@ from napari_medsegdiff.model.layers import FFParser, num_groups
 VERSIONS = ("v1", "v2")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These networks are small: one thread is as fast, and immune to a busy neighbour core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(version: str = "v2", name: str = "tiny", seed: int = 0, **kw) -> MedSegDiff:
     torch.manual_seed(seed)
     return build_model(preset(name, version=version, **kw)).eval()
@@ -221,8 +230,12 @@ def test_ss_former_and_condition_branch_get_gradients() -> None:
     out = model(torch.randn(2, 1, 32, 32), torch.tensor([3, 600]), torch.randn(2, 1, 32, 32))
     out.prediction.square().mean().backward()
     layer = model.diffusion.ss_former.layers[0]
-    for p in (layer.cond_from_noise.q.weight, layer.noise_from_cond.q.weight,
-              layer.nbp.attentive.weight, model.condition.spectral.nbp.attentive.weight):
+    for p in (
+        layer.cond_from_noise.q.weight,
+        layer.noise_from_cond.q.weight,
+        layer.nbp.attentive.weight,
+        model.condition.spectral.nbp.attentive.weight,
+    ):
         assert p.grad is not None and p.grad.abs().sum() > 0
     cond_params = list(model.condition_parameters())
     assert cond_params and all(any(p is q for q in model.parameters()) for p in cond_params)
@@ -246,7 +259,9 @@ def test_tiny_v2_overfits_one_batch() -> None:
     torch.manual_seed(0)
     model = build_model(preset("tiny", version="v2")).train()
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    target = torch.stack([((yy - 12) ** 2 + (xx - 16) ** 2 < 60), ((yy - 20) ** 2 + (xx - 14) ** 2 < 40)])
+    target = torch.stack(
+        [((yy - 12) ** 2 + (xx - 16) ** 2 < 60), ((yy - 20) ** 2 + (xx - 14) ** 2 < 40)]
+    )
     image = target[:, None].float() * 2 - 1 + 0.2 * torch.randn(2, 1, 32, 32)
     x0 = target[:, None].float() * 2 - 1
     noise = torch.randn_like(x0)
@@ -257,7 +272,9 @@ def test_tiny_v2_overfits_one_batch() -> None:
     losses = []
     for _ in range(40):
         out = model(x_t, t, image)
-        loss = (out.prediction - noise).square().mean() + anchor_loss(out.anchor_logits, target.long())
+        loss = (out.prediction - noise).square().mean() + anchor_loss(
+            out.anchor_logits, target.long()
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -269,7 +286,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     model = _model("v2")
     with pytest.raises(InputError, match=r"model expects C=1 image channel\(s\), got 3"):
         model.encode_condition(torch.randn(1, 3, 32, 32))
-    with pytest.raises(InputError, match="multiples of 2"):
+    with pytest.raises(InputError, match="multiples of 4"):
         model.encode_condition(torch.randn(1, 1, 33, 32))
     lite = _model("v1", "lite")
     with pytest.raises(InputError, match=r"multiples of 8 .* got 50x64"):
@@ -288,3 +305,34 @@ def test_group_norm_groups_divide_channels() -> None:
         g = num_groups(ch)
         assert ch % g == 0
     assert num_groups(8) == 2 and num_groups(128) == 32
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_autocast_and_bfloat16(version: str) -> None:
+    model = _model(version)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 1, 32, 48), torch.tensor([1, 2]), torch.randn(2, 1, 32, 48))
+    out.prediction.float().square().mean().backward()
+    half = _model(version).to(torch.bfloat16)
+    with torch.no_grad():
+        cond = half.encode_condition(torch.randn(1, 1, 32, 32, dtype=torch.bfloat16))
+        pred = half.denoise(
+            torch.randn(1, 1, 32, 32, dtype=torch.bfloat16), torch.tensor([7]), cond
+        )
+    assert pred.dtype == torch.bfloat16 and torch.isfinite(pred.float()).all()
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+def test_ss_former_depth(layers: int) -> None:
+    model = _model("v2", ss_former_layers=layers)
+    assert (model.diffusion.ss_former is None) == (layers == 0)
+    out = _run(model, 1, 32, 32)
+    assert out.prediction.shape == (1, 1, 32, 32)
+    # every parameter takes part (DistributedDataParallel needs no unused parameters)
+    model.train()
+    _randomise_output(model)
+    img = torch.randn(1, 1, 32, 32)
+    out = model(torch.randn(1, 1, 32, 32), torch.tensor([9]), img)
+    (out.prediction.sum() + out.anchor_logits.sum()).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused

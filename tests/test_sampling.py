@@ -64,9 +64,14 @@ def test_member_seeds_differ_and_are_stable():
 def test_multiclass_segmentation_shapes_and_streaming(tiny_segmenter):
     vol = np.random.default_rng(0).normal(size=(4, 40, 24)).astype(np.float32)
     seen = []
-    results = list(tiny_segmenter.segment_volume(
-        vol, slices="1:3", sampler=SamplerConfig(steps=2, ensemble=2),
-        on_progress=lambda p: seen.append(p)))
+    results = list(
+        tiny_segmenter.segment_volume(
+            vol,
+            slices="1:3",
+            sampler=SamplerConfig(steps=2, ensemble=2),
+            on_progress=lambda p: seen.append(p),
+        )
+    )
     assert [r.index for r in results] == [1, 2]
     r = results[0]
     assert r.mask.shape == (40, 24) and r.mask.dtype == np.uint8 and r.mask.max() <= 2
@@ -74,7 +79,7 @@ def test_multiclass_segmentation_shapes_and_streaming(tiny_segmenter):
     np.testing.assert_allclose(r.probability.sum(0), 1, atol=1e-4)
     assert r.variance.shape == (40, 24) and r.entropy is not None
     assert seen[-1].done == 2 and seen[-1].total == 2
-    mask, var, prob = assemble(results, vol.shape)
+    mask, _var, _prob = assemble(results, vol.shape)
     assert mask[0].max() == 0 and np.array_equal(mask[1], r.mask)
 
 
@@ -91,9 +96,14 @@ def test_cancel_stops_within_a_step(tiny_segmenter):
     from napari_medsegdiff.errors import Cancelled
 
     with pytest.raises(Cancelled):
-        list(tiny_segmenter.segment_volume(np.zeros((3, 32, 32), np.float32),
-                                           sampler=SamplerConfig(steps=10, ensemble=1),
-                                           on_progress=on_progress, cancel=token))
+        list(
+            tiny_segmenter.segment_volume(
+                np.zeros((3, 32, 32), np.float32),
+                sampler=SamplerConfig(steps=10, ensemble=1),
+                on_progress=on_progress,
+                cancel=token,
+            )
+        )
     assert max(steps_seen) == 2
 
 
@@ -105,13 +115,19 @@ def test_channel_mismatch_is_a_clear_error(tiny_segmenter):
 def test_rgb_2d_image(tmp_path):
     cfg = preset("tiny", in_channels=3)
     seg = Segmenter.load(save_model(tmp_path / "rgb", build_model(cfg).state_dict(), cfg), "cpu")
-    result = seg.segment_image(np.random.default_rng(1).integers(0, 255, (30, 50, 3)),
-                               sampler=SamplerConfig(steps=2, ensemble=2))
+    result = seg.segment_image(
+        np.random.default_rng(1).integers(0, 255, (30, 50, 3)),
+        sampler=SamplerConfig(steps=2, ensemble=2),
+    )
     assert result.mask.shape == (30, 50) and result.probability.shape == (1, 30, 50)
 
 
 def test_sampler_config_validation():
-    for kwargs, arg in [({"ensemble": 0}, "--ensemble"), ({"steps": 0}, "--steps"),
-                        ({"sampler": "euler"}, "--sampler"), ({"fusion": "max"}, "--fusion")]:
+    for kwargs, arg in [
+        ({"ensemble": 0}, "--ensemble"),
+        ({"steps": 0}, "--steps"),
+        ({"sampler": "euler"}, "--sampler"),
+        ({"fusion": "max"}, "--fusion"),
+    ]:
         with pytest.raises(InputError, match=arg):
             SamplerConfig(**kwargs)

@@ -42,8 +42,9 @@ def make_scheduler(name: str, cfg: ModelConfig) -> Any:
             **common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing"
         )
     if name == "ddpm":
-        return DDPMScheduler(**common, clip_sample=True, variance_type="fixed_small",
-                             timestep_spacing="trailing")
+        return DDPMScheduler(
+            **common, clip_sample=True, variance_type="fixed_small", timestep_spacing="trailing"
+        )
     raise InputError(f"--sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 

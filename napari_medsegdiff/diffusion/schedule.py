@@ -26,7 +26,9 @@ def training_betas(cfg: ModelConfig) -> np.ndarray:
     def alpha_bar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    betas = [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)]
+    betas = [
+        min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)
+    ]
     return np.asarray(betas, dtype=np.float64)
 
 
@@ -46,7 +48,9 @@ class NoiseSchedule:
         abar = self.alphas_cumprod.to(x.device)[t].view(-1, *([1] * (x.ndim - 1)))
         return abar.sqrt().to(x.dtype), (1.0 - abar).sqrt().to(x.dtype)
 
-    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_timesteps(
+        self, batch: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Uniform t in [0, T), shape (batch,), on CPU."""
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator)
 

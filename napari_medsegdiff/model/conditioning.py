@@ -146,7 +146,7 @@ def to_tokens(spec: Tensor) -> Tensor:
 def tokens_to_spatial(tokens: Tensor, height: int, width: int) -> Tensor:
     """Real tokens [N, H*Wf, 2C] -> irfft2 -> [N, C, H, W]."""
     n, _, c2 = tokens.shape
-    x = tokens.transpose(1, 2).reshape(n, c2, height, width // 2 + 1)
+    x = tokens.float().transpose(1, 2).reshape(n, c2, height, width // 2 + 1)
     spec = torch.complex(x[:, : c2 // 2], x[:, c2 // 2 :])
     return torch.fft.irfft2(spec, s=(height, width), norm="ortho")
 
@@ -175,8 +175,9 @@ class NeuralBandPass(nn.Module):
 
     def forward(self, spec: Tensor, width: int, emb: Tensor | None = None) -> Tensor:
         height = spec.shape[-2]
-        if emb is not None and hasattr(self, "edges"):
-            edges = self.edges(F.silu(emb)).float()  # [N, 2C]
+        if hasattr(self, "edges"):
+            edges = self.edges(F.silu(emb)) if emb is not None else self.edges.bias[None]
+            edges = edges.float()  # [N, 2C]
         else:
             edges = self.edges_static.float()[None]
         lo, hi = edges[:, :, None, None].chunk(2, dim=1)
@@ -189,7 +190,12 @@ class NeuralBandPass(nn.Module):
 class SpectralCrossAttention(nn.Module):
     """Multi-head cross-attention between frequency tokens: queries from x [N, T, 2C],
     keys/values from y [N, S, 2C], each with fixed frequency positions [T|S, P] -> [N, T, 2C]
-    (an update of x's spectrum; zero at init)."""
+    (an update of x's spectrum; zero at init).
+
+    Each rFFT bin is a token whose features are its real and imaginary parts stacked over
+    channels (2C), so projections are real-linear maps of the complex spectrum; the softmax
+    runs over frequency bins. Fixed Fourier features of the bin frequency are added to
+    queries and keys, so a bin knows which frequency it is at any input size."""
 
     def __init__(self, ch: int, heads: int, pos_dim: int) -> None:
         super().__init__()
@@ -204,11 +210,15 @@ class SpectralCrossAttention(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, pos_x: Tensor, pos_y: Tensor) -> Tensor:
         n, t, _ = x.shape
+        dtype = self.q.weight.dtype  # tokens come from float32 FFTs
+        x, y, pos_x, pos_y = (z.to(dtype) for z in (x, y, pos_x, pos_y))
         q = self.q(self.norm_q(x)) + self.pos_q(pos_x)
         k, v = self.kv(self.norm_kv(y)).chunk(2, dim=-1)
         k = k + self.pos_k(pos_y)
-        q, k, v = (z.reshape(n, -1, self.heads, z.shape[-1] // self.heads).transpose(1, 2)
-                   for z in (q, k, v))
+        q, k, v = (
+            z.reshape(n, -1, self.heads, z.shape[-1] // self.heads).transpose(1, 2)
+            for z in (q, k, v)
+        )
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, -1)
         return self.out(out)
 
@@ -226,7 +236,9 @@ class SSFormerLayer(nn.Module):
         self.cond_from_noise = SpectralCrossAttention(ch, heads, pos_dim)
         self.noise_from_cond = SpectralCrossAttention(ch, heads, pos_dim)
         self.ffn = nn.Sequential(
-            group_norm(ch), nn.Conv2d(ch, 2 * ch, 1), nn.SiLU(),
+            group_norm(ch),
+            nn.Conv2d(ch, 2 * ch, 1),
+            nn.SiLU(),
             zero_module(nn.Conv2d(2 * ch, ch, 1)),
         )
 
@@ -280,8 +292,13 @@ class ImageEncoder(nn.Module):
     [[B, w_l, H/2^l, W/2^l] for l in levels]."""
 
     def __init__(
-        self, in_ch: int, widths: list[int], blocks: int, attention: tuple[int, ...],
-        heads: int, dropout: float,
+        self,
+        in_ch: int,
+        widths: list[int],
+        blocks: int,
+        attention: tuple[int, ...],
+        heads: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_ch, widths[0], 3, padding=1)
@@ -315,14 +332,21 @@ class ConditionUNet(nn.Module):
     bottleneck embedding), anchor logits [B, K, H, W])."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, widths: list[int], blocks: int,
-        attention: tuple[int, ...], heads: int, dropout: float,
+        self,
+        in_ch: int,
+        out_ch: int,
+        widths: list[int],
+        blocks: int,
+        attention: tuple[int, ...],
+        heads: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.encoder = ImageEncoder(in_ch, widths, blocks, attention, heads, dropout)
         deep = widths[-1]
         self.mid = nn.Sequential(
-            ResBlock(deep, deep, None, dropout), AttentionBlock(deep, heads),
+            ResBlock(deep, deep, None, dropout),
+            AttentionBlock(deep, heads),
             ResBlock(deep, deep, None, dropout),
         )
         self.ups = nn.ModuleList()

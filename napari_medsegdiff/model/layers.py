@@ -112,7 +112,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # [B, heads, HW, d]
+        # [B, heads, HW, d] with unit stride on d, so the fused CPU/GPU kernels apply
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)

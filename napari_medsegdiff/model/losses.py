@@ -24,7 +24,10 @@ def anchor_loss(anchor_logits: Tensor, target: Tensor) -> Tensor:
     K = 1: BCE-with-logits + soft Dice of the foreground; K > 1: CE + soft Dice over the
     foreground classes. Returns a scalar.
     """
-    if anchor_logits.ndim != 4 or target.shape != (anchor_logits.shape[0], *anchor_logits.shape[2:]):
+    if anchor_logits.ndim != 4 or target.shape != (
+        anchor_logits.shape[0],
+        *anchor_logits.shape[2:],
+    ):
         raise InputError(
             f"anchor_loss: logits [B, K, H, W] and target [B, H, W] must match, got "
             f"{tuple(anchor_logits.shape)} and {tuple(target.shape)}"

@@ -109,7 +109,9 @@ class ConditionEncoder(nn.Module):
         cond_w = _widths(cfg.cond_channels, cfg.channel_mult)
         args = (cfg.num_res_blocks, tuple(cfg.attention_levels), cfg.num_heads, cfg.dropout)
         if self.v2:
-            self.backbone: nn.Module = ConditionUNet(cfg.in_channels, cfg.mask_channels, cond_w, *args)
+            self.backbone: nn.Module = ConditionUNet(
+                cfg.in_channels, cfg.mask_channels, cond_w, *args
+            )
         else:
             self.backbone = ImageEncoder(cfg.in_channels, cond_w, *args)
         self.features = nn.ModuleList(
@@ -121,10 +123,11 @@ class ConditionEncoder(nn.Module):
             self.usa = nn.ModuleList(
                 UncertainSpatialAttention(mask_w[lv], 2**lv) for lv in range(levels)
             )
-            deep = len(mask_w) - 1
-            self.spectral = SpectralCondition(
-                cond_w[-1], mask_w[-1], filter_grid(cfg.image_size, deep)
-            )
+        self.spectral = (
+            SpectralCondition(cond_w[-1], mask_w[-1], filter_grid(cfg.image_size, len(mask_w) - 1))
+            if self.v2 and cfg.ss_former_layers > 0
+            else None
+        )
 
     def forward(self, image: Tensor) -> Condition:
         if self.v2:
@@ -136,7 +139,8 @@ class ConditionEncoder(nn.Module):
             prob = foreground_probability(logits.float()).to(image.dtype)
             for lv, usa in enumerate(self.usa):
                 out[f"gate{lv}"] = usa(prob)
-            out["spectrum"] = self.spectral(feats[-1])
+            if self.spectral is not None:
+                out["spectrum"] = self.spectral(feats[-1])
             out["anchor_logits"] = logits
         return Condition(out)
 
@@ -171,9 +175,15 @@ class DiffusionUNet(nn.Module):
         deep = widths[-1]
         self.mid1 = ResBlock(deep, deep, emb, cfg.dropout)
         self.ss_former = (
-            SSFormer(deep, cfg.num_heads, filter_grid(cfg.image_size, depth - 1), emb,
-                     cfg.ss_former_layers)
-            if self.v2 and cfg.ss_former_layers > 0 else None
+            SSFormer(
+                deep,
+                cfg.num_heads,
+                filter_grid(cfg.image_size, depth - 1),
+                emb,
+                cfg.ss_former_layers,
+            )
+            if self.v2 and cfg.ss_former_layers > 0
+            else None
         )
         self.mid_attn = attention(deep, depth - 1)
         self.mid2 = ResBlock(deep, deep, emb, cfg.dropout)
@@ -186,7 +196,8 @@ class DiffusionUNet(nn.Module):
                 self.dec_attn.append(attention(ch, lv))
             self.ups.append(Upsample(ch, widths[lv - 1]) if lv > 0 else nn.Identity())
         self.out = nn.Sequential(
-            group_norm(widths[0]), nn.SiLU(),
+            group_norm(widths[0]),
+            nn.SiLU(),
             zero_module(nn.Conv2d(widths[0], cfg.mask_channels, 3, padding=1)),
         )
         self.blocks = blocks
@@ -256,11 +267,14 @@ class MedSegDiff(nn.Module):
         self._check_size(x_t.shape[2], x_t.shape[3], "mask")
         n = x_t.shape[0]
         if cond.batch_size != n:
-            raise InputError(f"condition has batch {cond.batch_size} but x_t has {n}; "
-                             "use cond.index(...) to repeat it per member")
+            raise InputError(
+                f"condition has batch {cond.batch_size} but x_t has {n}; "
+                "use cond.index(...) to repeat it per member"
+            )
         if cond.spatial_size != tuple(x_t.shape[2:]):
-            raise InputError(f"condition was computed at {cond.spatial_size}, "
-                             f"x_t is {tuple(x_t.shape[2:])}")
+            raise InputError(
+                f"condition was computed at {cond.spatial_size}, x_t is {tuple(x_t.shape[2:])}"
+            )
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(n)
