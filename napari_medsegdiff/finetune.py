@@ -33,7 +33,7 @@ from napari_medsegdiff.checkpoints import (
 from napari_medsegdiff.config import TrainConfig
 from napari_medsegdiff.data import SliceSet, slices_from_volume, split_holdout
 from napari_medsegdiff.devices import choose_device
-from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.errors import Cancelled, InputError
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.progress import CancelToken, ProgressCallback
 from napari_medsegdiff.training import train, validate
@@ -206,12 +206,11 @@ def finetune(
             cancel=cancel,
         )
         source = result.best or result.last
-        if source is None:  # cancelled before the first step: keep the base weights
-            state = base_net.state_dict()
-        else:
-            from safetensors.torch import load_file
+        if source is None or result.steps_done == 0:
+            raise Cancelled("fine-tuning cancelled before the first step; no version saved")
+        from safetensors.torch import load_file
 
-            state = load_file(str(source / WEIGHTS))
+        state = load_file(str(source / WEIGHTS))
         provenance = {
             "base_model": {
                 "name": info.name,

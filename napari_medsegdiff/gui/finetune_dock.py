@@ -1,0 +1,346 @@
+"""The Fine-tune dock: learn from the user's corrected/reviewed slices into a new version."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtGui import QDoubleValidator
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medsegdiff.checkpoints import read_model_info
+from napari_medsegdiff.devices import is_out_of_memory
+from napari_medsegdiff.errors import InputError, MedSegDiffError
+from napari_medsegdiff.gui import layers as L
+from napari_medsegdiff.gui.loss_plot import LossPlot
+from napari_medsegdiff.gui.segment_dock import SegmentDock
+from napari_medsegdiff.gui.widgets import (
+    LayerCombo,
+    ModelPicker,
+    device_combo,
+    find_dock,
+    notify_error,
+    notify_info,
+)
+from napari_medsegdiff.gui.workers import ProgressRelay, cancel_all, progress_text, warm_imports
+from napari_medsegdiff.progress import CancelToken
+
+log = logging.getLogger(__name__)
+PLOT_MS = 300  # curve and progress redraws at most ~3 times per second
+
+
+class FinetuneDock(QWidget):
+    """Fine-tune the proposal's model on corrected + reviewed slices (a new store version)."""
+
+    finished = Signal(object)  # FinetuneResult or None
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._segment_ref: Any = None
+        self._worker: Any = None
+        self._cancel: CancelToken | None = None
+        self._relay = ProgressRelay()
+        self.result: Any = None
+        self._job: dict[str, Any] = {}
+        self._seen: tuple | None = None
+        self._tokens: list[CancelToken] = []
+        self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
+        self._build_ui()
+        self._timer = QTimer(self)
+        self._timer.setInterval(PLOT_MS)
+        self._timer.timeout.connect(self._tick)
+        self._count_timer = QTimer(self)  # corrections/reviews change as the user paints
+        self._count_timer.setInterval(1000)
+        self._count_timer.timeout.connect(self.update_counts)
+        self._count_timer.start()
+        self._on_labels_changed()
+        self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
+        self.warmup.start()
+
+    def _build_ui(self) -> None:
+        self.labels_combo = LayerCombo(
+            self.viewer,
+            lambda lay: isinstance(lay, Labels),
+            prefer=lambda lay: L.PROPOSAL in lay.metadata or lay.name.endswith(" mask"),
+        )
+        self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
+        self.image_combo = LayerCombo(
+            self.viewer, lambda lay: isinstance(lay, Image) and not L.is_result_layer(lay)
+        )
+        self.model_picker = ModelPicker()
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(200)
+        self.lr = QLineEdit("5e-5")
+        self.lr.setValidator(QDoubleValidator(1e-9, 1.0, 12))
+        self.device = device_combo()
+        self.count_label = QLabel("")
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self._start_stop)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        self.plot = LossPlot()
+        self.resegment_button = QPushButton("Re-segment uncorrected slices")
+        self.resegment_button.setEnabled(False)
+        self.resegment_button.clicked.connect(lambda: self.resegment())
+        form = QFormLayout()
+        form.addRow("Corrected labels", self.labels_combo)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Base model", self.model_picker)
+        form.addRow("Steps", self.steps)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Device", self.device)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.count_label)
+        layout.addWidget(self.start_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.resegment_button)
+        layout.addStretch(1)
+
+    # -------------------------------------------------------------- inputs
+    @property
+    def segment_dock(self) -> SegmentDock | None:
+        """The Segment dock of this viewer (set explicitly, or found in the window)."""
+        dock = self._segment_ref() if self._segment_ref is not None else None
+        return dock or find_dock(self, SegmentDock)
+
+    @segment_dock.setter
+    def segment_dock(self, dock: SegmentDock | None) -> None:
+        self._segment_ref = weakref.ref(dock) if dock is not None else None
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        self._seen = None
+        self.update_counts()
+
+    def _follow_labels(self, labels: Any) -> None:
+        """Default the image and base model to those that made the proposal."""
+        seen = (id(labels), labels.metadata.get(L.SOURCE), labels.metadata.get(L.MODEL))
+        if seen == self._seen:
+            return
+        self._seen = seen
+        source, model = seen[1], seen[2]
+        if source and source in [lay.name for lay in self.image_combo.layers()]:
+            self.image_combo.setCurrentText(source)
+        if model and Path(model).is_dir():
+            self.model_picker.select_model(model)
+
+    def training_counts(self) -> tuple[int, int]:
+        """(corrected, reviewed) slice counts of the chosen labels layer."""
+        labels = self.labels_combo.layer()
+        if labels is None:
+            return 0, 0
+        reviewed = set(L.reviewed(labels))
+        corrected = set(L.corrected(labels)) - reviewed
+        return len(corrected), len(reviewed)
+
+    def update_counts(self) -> None:
+        """Refresh the slice counts (and follow a new proposal's image/model)."""
+        if self.running:
+            return
+        labels = self.labels_combo.layer()
+        if labels is not None:
+            self._follow_labels(labels)
+        n, m = self.training_counts()
+        self.count_label.setText(f"{n} corrected + {m} reviewed slices will be used")
+
+    def _image_data(self, image: Any, channels: int) -> np.ndarray:
+        """The image (z, y, x) or, for a multi-channel model, its ``[cN]`` siblings stacked."""
+        if channels == 1:
+            return np.asarray(image.data)
+        base = L.result_names(image.name)[0]
+        siblings = [
+            lay
+            for lay in self.image_combo.layers()
+            if L.result_names(lay.name)[0] == base and "[c" in lay.name
+        ]
+        siblings.sort(key=lambda lay: lay.metadata.get("channel", 0))
+        if len(siblings) != channels:
+            raise InputError(
+                f"model expects {channels} channels but {len(siblings)} channel "
+                f"layers named like {image.name!r} are open"
+            )
+        return L.stack_channels(siblings)
+
+    def _prepare(self) -> dict[str, Any]:
+        labels, image = self.labels_combo.layer(), self.image_combo.layer()
+        if labels is None:
+            raise InputError("no labels layer: segment a scan first, then correct its mask")
+        if image is None:
+            raise InputError("no image layer: open the scan the labels belong to")
+        model = self.model_picker.current_path()
+        if model is None:
+            raise InputError("no base model: pick one or click Browse…")
+        try:
+            lr = float(self.lr.text())
+        except ValueError:
+            raise InputError(f"learning rate: not a number: {self.lr.text()!r}") from None
+        info = read_model_info(model)
+        data = self._image_data(image, info.config.in_channels)
+        lab = np.array(L.as_volume(L.labels_of(labels)))  # a copy: painting goes on
+        proposal = labels.metadata.get(L.PROPOSAL)
+        proposal = None if proposal is None else np.array(L.as_volume(proposal))
+        kwargs: dict[str, Any] = {"proposal": proposal, "reviewed": L.reviewed(labels)}
+        if proposal is None:  # hand-drawn labels: every labelled slice counts
+            kwargs = {
+                "slices": [int(z) for z in np.flatnonzero(lab.reshape(len(lab), -1).any(axis=1))]
+            }
+        if len(L.spatial_shape(image)) == 2:  # a 2-D image is a one-slice volume
+            data = data[None]
+        return {
+            "model": model,
+            "image": data,
+            "labels": lab,
+            "steps": self.steps.value(),
+            "lr": lr,
+            "device": self.device.currentText(),
+            "layer": labels,
+            **kwargs,
+        }
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _start_stop(self) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def start(self) -> bool:
+        """Start fine-tuning in a worker; False (with a notification) if it cannot start."""
+        from napari_medsegdiff.finetune import finetune
+
+        if self.running:
+            return False
+        try:
+            job = self._prepare()
+        except MedSegDiffError as exc:
+            notify_error(exc)
+            return False
+        self._job, self.result = job, None
+        self._relay, self._cancel = ProgressRelay(), CancelToken()
+        self._tokens[:] = [self._cancel]
+        kwargs = {k: job[k] for k in ("slices", "proposal", "reviewed") if k in job}
+        worker = create_worker(
+            finetune,
+            job["model"],
+            job["image"],
+            job["labels"],
+            steps=job["steps"],
+            lr=job["lr"],
+            device=job["device"],
+            on_progress=self._relay,
+            cancel=self._cancel,
+            _ignore_errors=True,
+            **kwargs,
+        )
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.plot.clear()
+        self.start_button.setText("Stop")
+        self.resegment_button.setEnabled(False)
+        self.progress.setValue(0)
+        self.progress.setFormat(f"0/{job['steps']} steps (preparing)")
+        self._timer.start()
+        worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop training; the best weights so far are saved as a partial version."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.start_button.setEnabled(False)
+            self.progress.setFormat("stopping (saving the best so far)…")
+
+    def _tick(self) -> None:
+        latest, points = self._relay.take()
+        if points:
+            self.plot.add(points)
+            self.plot.redraw()
+        if latest is not None and not (self._cancel and self._cancel.cancelled):
+            self.progress.setValue(int(1000 * latest.fraction))
+            text = progress_text(latest, "steps")
+            if latest.loss is not None:
+                text += f", loss {latest.loss:.4f}"
+            self.progress.setFormat(text)
+
+    def _on_returned(self, result: Any) -> None:
+        self.result = result
+        notify_info(result.summary())
+        self.model_picker.refresh()
+        dock = self.segment_dock
+        if dock is not None:
+            dock.select_model(result.path)
+        self.resegment_button.setEnabled(True)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, MedSegDiffError):
+            notify_error(exc)
+        elif is_out_of_memory(exc):
+            notify_error(
+                f"out of memory on {self._job.get('device')}: use fewer steps per "
+                "batch or the cpu device"
+            )
+        else:
+            log.error("fine-tuning failed", exc_info=exc)
+            notify_error(f"fine-tuning failed: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        self._worker = None
+        self._tick()
+        self.start_button.setText("Start")
+        self.start_button.setEnabled(True)
+        if self.result is not None:
+            partial = " (partial)" if self.result.provenance.get("partial") else ""
+            self.progress.setValue(1000)
+            self.progress.setFormat(f"saved {self.result.path.name}{partial}")
+        else:
+            self.progress.setFormat("failed")
+        self.update_counts()
+        self.finished.emit(self.result)
+
+    def resegment(self) -> bool:
+        """Run the Segment dock with the new model on slices not corrected or reviewed."""
+        dock, labels = self.segment_dock, self._job.get("layer")
+        if dock is None or self.result is None or labels is None:
+            notify_error("nothing to re-segment: fine-tune first (with the Segment dock open)")
+            return False
+        keep = set(L.corrected(labels)) | set(L.reviewed(labels))
+        depth = L.as_volume(L.labels_of(labels)).shape[0]
+        done = labels.metadata.get(L.SEGMENTED) or range(depth)
+        slices = [z for z in done if z not in keep]
+        if not slices:
+            notify_info("every segmented slice is corrected or reviewed: nothing to re-segment")
+            return False
+        source = labels.metadata.get(L.SOURCE)
+        if source:
+            dock.image_combo.setCurrentText(source)
+        dock.select_model(self.result.path)
+        return dock.run(slices=slices, model=self.result.path)

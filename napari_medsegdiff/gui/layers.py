@@ -1,0 +1,246 @@
+"""Layer helpers for the docks: inputs from Image layers, result layers, the kept proposal.
+
+The mask Labels layer carries in its ``metadata``:
+
+* ``medsegdiff_geometry`` (copied from the image) so export lines up with the scan;
+* ``medsegdiff_proposal``: the model's raw mask, same shape as the labels; slices where
+  the labels differ from it are the user's corrections;
+* ``medsegdiff_segmented`` / ``medsegdiff_reviewed``: sorted slice indices;
+* ``medsegdiff_model``: the model folder that made the proposal; ``medsegdiff_image``:
+  the source image layer's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.finetune import corrected_slices
+
+PROPOSAL = "medsegdiff_proposal"
+SEGMENTED = "medsegdiff_segmented"
+REVIEWED = "medsegdiff_reviewed"
+MODEL = "medsegdiff_model"
+SOURCE = "medsegdiff_image"
+ROLE = "medsegdiff_role"
+_DROP_KEYS = ("channel", PROPOSAL, SEGMENTED, REVIEWED, ROLE)
+_CHANNEL_TAG = re.compile(r"\s*\[c\d+\]$")
+
+
+def is_result_layer(layer: Any) -> bool:
+    """True for mask/variance layers this plugin made (kept out of the image inputs)."""
+    return isinstance(getattr(layer, "metadata", None), dict) and ROLE in layer.metadata
+
+
+def spatial_shape(layer: Any) -> tuple[int, ...]:
+    """Shape of an Image layer without its RGB(A) axis."""
+    shape = tuple(layer.data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def result_names(image_name: str) -> tuple[str, str]:
+    """(mask, variance) layer names for an image (a ``[cN]`` channel tag is dropped)."""
+    base = _CHANNEL_TAG.sub("", image_name) or image_name
+    return f"{base} mask", f"{base} variance"
+
+
+def stack_channels(layers: Sequence[Any]) -> np.ndarray:
+    """Image layers -> (z, y, x) or (z, y, x, c); all must share shape and geometry."""
+    if not layers:
+        raise InputError("no image layer: open a scan (File > Open) or load the sample data")
+    first = layers[0]
+    arrays = []
+    for layer in layers:
+        if spatial_shape(layer) != spatial_shape(first) or layer.rgb != first.rgb:
+            raise InputError(
+                f"channel {layer.name!r} has shape {layer.data.shape}, but {first.name!r} has "
+                f"{first.data.shape}: channels must be co-registered volumes of one shape"
+            )
+        if not _same_geometry(first, layer):
+            raise InputError(
+                f"channel {layer.name!r} is not in the same space (geometry) as {first.name!r}"
+            )
+        arrays.append(np.asarray(layer.data))
+    if len(arrays) == 1:
+        return arrays[0]
+    if first.rgb:
+        raise InputError("RGB images cannot be combined with other channels")
+    return np.stack(arrays, axis=-1)
+
+
+def _same_geometry(a: Any, b: Any) -> bool:
+    ga, gb = a.metadata.get("medsegdiff_geometry"), b.metadata.get("medsegdiff_geometry")
+    if isinstance(ga, dict) and isinstance(gb, dict):
+        return np.allclose(ga["affine"], gb["affine"], atol=1e-3) and list(
+            ga["source_shape"]
+        ) == list(gb["source_shape"])
+    return np.allclose(a.scale, b.scale) and np.allclose(a.translate, b.translate)
+
+
+def layer_kwargs_like(image: Any) -> dict[str, Any]:
+    """scale / translate / affine and a metadata copy so results overlay ``image``."""
+    ndim = len(spatial_shape(image))
+    kwargs: dict[str, Any] = {
+        "scale": tuple(image.scale)[-ndim:],
+        "translate": tuple(image.translate)[-ndim:],
+        "metadata": {k: copy.deepcopy(v) for k, v in image.metadata.items() if k not in _DROP_KEYS},
+    }
+    matrix = np.asarray(image.affine.affine_matrix)
+    if matrix.shape == (ndim + 1, ndim + 1) and not np.allclose(matrix, np.eye(ndim + 1)):
+        kwargs["affine"] = matrix
+    return kwargs
+
+
+def find_layer(viewer: Any, name: str, shape: tuple[int, ...] | None = None) -> Any | None:
+    """The layer called ``name`` (of ``shape`` when given), else None."""
+    for layer in viewer.layers:
+        if layer.name == name and (shape is None or tuple(layer.data.shape) == tuple(shape)):
+            return layer
+    return None
+
+
+def ensure_result_layers(viewer: Any, image: Any, model_path: str) -> tuple[Any, Any]:
+    """Get or create the ``"<image> mask"`` Labels and ``"<image> variance"`` Image layers."""
+    shape = spatial_shape(image)
+    mask_name, var_name = result_names(image.name)
+    mask = find_layer(viewer, mask_name, shape)
+    ours = {MODEL: str(model_path), SOURCE: image.name}
+    if mask is None:  # metadata complete before the layer is inserted (docks react to it)
+        kwargs = layer_kwargs_like(image)
+        kwargs["metadata"].update({ROLE: "mask", PROPOSAL: np.zeros(shape, np.uint8), **ours})
+        mask = viewer.add_labels(np.zeros(shape, np.uint8), name=mask_name, **kwargs)
+    meta = mask.metadata
+    proposal = meta.get(PROPOSAL)
+    if not isinstance(proposal, np.ndarray) or proposal.shape != shape:
+        meta[PROPOSAL] = np.zeros(shape, np.uint8)
+    meta.setdefault(SEGMENTED, [])
+    meta.setdefault(REVIEWED, [])
+    meta.update(ours)
+    variance = find_layer(viewer, var_name, shape)
+    if variance is None:
+        kwargs = layer_kwargs_like(image)
+        kwargs["metadata"].update({ROLE: "variance"})
+        variance = viewer.add_image(
+            np.zeros(shape, np.float32),
+            name=var_name,
+            colormap="inferno",
+            blending="additive",
+            opacity=0.5,
+            contrast_limits=(0.0, 1e-3),
+            **kwargs,
+        )
+    return mask, variance
+
+
+def labels_of(layer: Any) -> np.ndarray:
+    """The Labels layer data as an array (first level of a multiscale)."""
+    data = layer.data
+    return np.asarray(data[0] if isinstance(data, list) else data)
+
+
+def as_volume(arr: np.ndarray) -> np.ndarray:
+    """A 2-D slice is a one-slice volume for the per-slice bookkeeping."""
+    return arr[None] if arr.ndim == 2 else arr
+
+
+def corrected(layer: Any) -> list[int]:
+    """Slices whose labels differ from the kept proposal (all labelled slices if none)."""
+    labels = as_volume(labels_of(layer))
+    proposal = layer.metadata.get(PROPOSAL)
+    if not isinstance(proposal, np.ndarray) or as_volume(proposal).shape != labels.shape:
+        proposal = np.zeros_like(labels)
+    return corrected_slices(labels, as_volume(proposal))
+
+
+def reviewed(layer: Any) -> list[int]:
+    return sorted(int(s) for s in layer.metadata.get(REVIEWED, []))
+
+
+def mark_reviewed(layer: Any, index: int) -> list[int]:
+    """Add ``index`` to the layer's reviewed slices; return the new sorted list."""
+    layer.metadata[REVIEWED] = sorted({*reviewed(layer), int(index)})
+    return layer.metadata[REVIEWED]
+
+
+def slice_is_corrected(layer: Any, index: int) -> bool:
+    labels = as_volume(labels_of(layer))
+    proposal = layer.metadata.get(PROPOSAL)
+    if not isinstance(proposal, np.ndarray):
+        return bool(labels[index].any())
+    return not np.array_equal(labels[index], as_volume(proposal)[index])
+
+
+class ResultWriter:
+    """Buffers finished slices and writes them into the layers in one refresh per flush.
+
+    With ``keep_corrections``, a slice the user changed (or marked reviewed) is left
+    untouched, even if it was edited while the run was going.
+    """
+
+    def __init__(self, mask: Any, variance: Any, keep_corrections: bool = True) -> None:
+        self.mask, self.variance = mask, variance
+        self.keep = keep_corrections
+        self.pending: list[Any] = []
+        self.written: list[int] = []
+        self.skipped: list[int] = []
+
+    def add(self, result: Any) -> None:
+        self.pending.append(result)
+
+    def flush(self) -> int:
+        """Write pending results; returns how many slices were written."""
+        if not self.pending:
+            return 0
+        batch, self.pending = self.pending, []
+        labels = as_volume(labels_of(self.mask))
+        var = as_volume(np.asarray(self.variance.data))
+        meta = self.mask.metadata
+        proposal = as_volume(meta[PROPOSAL])
+        done = set(meta.get(SEGMENTED, []))
+        protected = set(reviewed(self.mask)) if self.keep else set()
+        wrote = 0
+        for result in batch:
+            z = int(result.index) if labels.shape[0] > 1 else 0
+            if self.keep and (z in protected or slice_is_corrected(self.mask, z)):
+                self.skipped.append(z)
+                continue
+            labels[z] = result.mask
+            proposal[z] = result.mask
+            var[z] = result.variance
+            done.add(z)
+            self.written.append(z)
+            wrote += 1
+        if wrote:
+            meta[SEGMENTED] = sorted(done)
+            if not self.keep:
+                meta[REVIEWED] = sorted(set(reviewed(self.mask)) - set(self.written))
+            top = float(var.max())
+            self.variance.contrast_limits = (0.0, top if top > 0 else 1e-3)
+            self.mask.refresh()
+            self.variance.refresh()
+        return wrote
+
+
+def current_index(viewer: Any, layer: Any) -> int:
+    """The layer's axis-0 index under the viewer's current point (clipped)."""
+    if layer.ndim < 3 and len(spatial_shape(layer)) < 3:
+        return 0
+    point = layer.world_to_data(viewer.dims.point)
+    depth = spatial_shape(layer)[0]
+    return int(np.clip(round(float(point[0])), 0, depth - 1))
+
+
+def jump_to_slice(viewer: Any, layer: Any, index: int) -> None:
+    """Move the viewer so ``layer``'s axis-0 slice ``index`` is shown."""
+    shape = spatial_shape(layer)
+    if len(shape) < 3:
+        return
+    centre = [index, (shape[1] - 1) / 2, (shape[2] - 1) / 2]
+    world = layer.data_to_world(centre)
+    axis = viewer.dims.ndim - layer.ndim
+    viewer.dims.set_point(axis, float(world[0]))

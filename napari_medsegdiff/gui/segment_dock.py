@@ -1,0 +1,334 @@
+"""The Segment dock: pick image + model + sampler, run in a worker, review, export."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer, Signal
+
+from napari_medsegdiff.checkpoints import read_model_info
+from napari_medsegdiff.devices import is_out_of_memory
+from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
+from napari_medsegdiff.gui import layers as L
+from napari_medsegdiff.gui.export import ask_export_target
+from napari_medsegdiff.gui.review import rank_slices_by_uncertainty
+from napari_medsegdiff.gui.segment_ui import SegmentControls
+from napari_medsegdiff.gui.widgets import notify_error, notify_info
+from napari_medsegdiff.gui.workers import (
+    ProgressRelay,
+    SegmenterCache,
+    cancel_all,
+    progress_text,
+    segment_job,
+    warm_imports,
+)
+from napari_medsegdiff.nifti import write_image, write_labels
+from napari_medsegdiff.progress import CancelToken
+from napari_medsegdiff.volume import VolumeGeometry
+
+log = logging.getLogger(__name__)
+FLUSH_MS = 150  # layer refreshes at most ~7 times per second
+
+
+class SegmentDock(SegmentControls):
+    """Segment the chosen image layer(s) slice by slice with a MedSegDiff ensemble."""
+
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.cache = SegmenterCache()
+        self.chunk_size: int | None = None  # members x slices per forward; None = measured
+        self._worker: Any = None
+        self._cancel: Any = None
+        self._relay = ProgressRelay()
+        self._pending: list[Any] = []
+        self._writer: L.ResultWriter | None = None
+        self._job: dict[str, Any] = {}
+        self._cancelled = self._failed = False
+        self._tokens: list[CancelToken] = []
+        self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
+        self._build_ui()
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setInterval(FLUSH_MS)
+        self._flush_timer.timeout.connect(self._tick)
+        self._count_timer = QTimer(self)
+        self._count_timer.setSingleShot(True)
+        self._count_timer.setInterval(300)
+        self._count_timer.timeout.connect(self.update_counts)
+        self._on_image_changed()
+        self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
+        self.warmup.start()
+
+    # -------------------------------------------------------------- inputs
+    def mask_layer(self) -> Any | None:
+        image = self.image_combo.layer()
+        if image is None:
+            return None
+        return L.find_layer(self.viewer, L.result_names(image.name)[0], L.spatial_shape(image))
+
+    def variance_layer(self) -> Any | None:
+        image = self.image_combo.layer()
+        if image is None:
+            return None
+        return L.find_layer(self.viewer, L.result_names(image.name)[1], L.spatial_shape(image))
+
+    def _selected_slices(self, image: Any) -> list[int]:
+        depth = L.spatial_shape(image)[0]
+        scope = self.scope.currentText()
+        if scope == "current slice":
+            return [L.current_index(self.viewer, image)]
+        if scope == "slice range":
+            start, stop = self.range_start.value(), self.range_stop.value()
+            if not 0 <= start < stop <= depth:
+                raise InputError(f"slice range {start}:{stop} is empty or outside 0:{depth}")
+            return list(range(start, stop))
+        return list(range(depth))
+
+    def _prepare(self, slices: Sequence[int] | None, model: str | Path | None) -> dict | None:
+        layers = self.input_layers()
+        if not layers:
+            raise InputError("no image layer: open a scan (File > Open) or load the sample data")
+        image = layers[0]
+        data = L.stack_channels(layers)
+        model_path = Path(model) if model else self.model_picker.current_path()
+        if model_path is None:
+            raise InputError(
+                "no model: install the default model, or click Browse… to pick a model folder"
+            )
+        shape = L.spatial_shape(image)
+        two_d = len(shape) == 2
+        info = read_model_info(model_path)
+        channels = 3 if image.rgb else data.shape[-1] if data.ndim == len(shape) + 1 else 1
+        if channels != info.config.in_channels:
+            raise InputError(
+                f"image has {channels} channel(s) but model {info.name!r} expects "
+                f"{info.config.in_channels}: tick/untick extra channels or pick another model"
+            )
+        if self.scope.currentText() == "2-D image" and not two_d:
+            raise InputError(
+                f"scope '2-D image' needs a 2-D or RGB image layer; {image.name!r} is a volume "
+                f"{shape}: choose 'current slice', a range or the whole volume"
+            )
+        if len(shape) not in (2, 3):
+            raise InputError(f"{image.name!r}: expected a 2-D image or a 3-D volume, got {shape}")
+        indices = [0] if two_d else list(slices) if slices is not None else None
+        if indices is None:
+            indices = self._selected_slices(image)
+        mask = self.mask_layer()
+        keep = self.keep_corrections.isChecked()
+        if keep and mask is not None:
+            protected = set(L.corrected(mask)) | set(L.reviewed(mask))
+            skipped = [i for i in indices if i in protected]
+            indices = [i for i in indices if i not in protected]
+            if not indices:
+                notify_info(
+                    f"all {len(skipped)} selected slice(s) are corrected or reviewed; nothing "
+                    "to run (untick 'keep my corrections' to overwrite them)"
+                )
+                return None
+        return {
+            "image": image,
+            "data": data,
+            "model": model_path,
+            "two_d": two_d,
+            "slices": indices,
+            "keep": keep,
+            "sampler": self.sampler_config(),
+            "device": self.device.currentText(),
+        }
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def written(self) -> list[int]:
+        """Slices written into the mask by the current (or last) run."""
+        return list(self._writer.written) if self._writer else []
+
+    def run(self, slices: Sequence[int] | None = None, model: str | Path | None = None) -> bool:
+        """Start a segmentation (``slices`` overrides the scope); False if it did not start."""
+        if self.running:
+            notify_info("a segmentation is already running")
+            return False
+        try:
+            job = self._prepare(slices, model)
+        except MedSegDiffError as exc:
+            notify_error(exc)
+            return False
+        if job is None:
+            return False
+        mask, variance = L.ensure_result_layers(self.viewer, job["image"], str(job["model"]))
+        self._job, self._pending = job, []
+        self._writer = L.ResultWriter(mask, variance, job["keep"])
+        self._watch_mask()
+        self._relay, self._cancel = ProgressRelay(), CancelToken()
+        self._tokens[:] = [self._cancel]
+        self._cancelled, self._failed = False, False
+        worker = create_worker(
+            segment_job,
+            self.cache,
+            job["model"],
+            job["device"],
+            job["data"],
+            None if job["two_d"] else job["slices"],
+            job["sampler"],
+            self._relay,
+            self._cancel,
+            _ignore_errors=True,
+        )
+        worker.yielded.connect(self._pending.append)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.progress.setFormat(f"0/{len(job['slices'])} slices (loading model)")
+        self._flush_timer.start()
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop within one denoising step; finished slices are kept."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.cancel_button.setEnabled(False)
+            self.progress.setFormat("cancelling…")
+
+    def _tick(self) -> None:
+        if self._pending and self._writer is not None:
+            self._writer.pending.extend(self._pending)
+            self._pending.clear()
+            self._writer.flush()
+        latest, _ = self._relay.take()
+        if latest is not None and not self._cancel.cancelled:
+            self.progress.setValue(int(1000 * latest.fraction))
+            self.progress.setFormat(progress_text(latest, "slices"))
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self._cancelled = True
+            return
+        self._failed = True
+        if isinstance(exc, MedSegDiffError):
+            notify_error(exc)
+        elif is_out_of_memory(exc):
+            notify_error(
+                f"out of memory on {self._job['device']}: lower the ensemble size "
+                "or the scope, or choose the cpu device"
+            )
+        else:
+            log.error("segmentation failed", exc_info=exc)
+            notify_error(f"segmentation failed: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self._flush_timer.stop()
+        self._worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        try:
+            self._tick()
+        except Exception as exc:  # a layer problem must not leave the dock stuck
+            log.error("could not write results", exc_info=exc)
+            notify_error(f"could not write the results: {exc}")
+        written = len(self._writer.written) if self._writer else 0
+        skipped = len(self._writer.skipped) if self._writer else 0
+        total = len(self._job["slices"])
+        if self._cancelled:
+            text = f"cancelled: {written}/{total} slices kept"
+            notify_info(text)
+        elif self._failed:
+            text = "failed"
+        else:
+            text = f"done: {written}/{total} slices"
+            if skipped:
+                text += f" ({skipped} edited during the run kept)"
+        self.progress.setValue(int(1000 * written / max(1, total)))
+        self.progress.setFormat(text)
+        self.refresh_review()
+        self.update_counts()
+        self.run_finished.emit()
+
+    # -------------------------------------------------- corrections, review
+    def _after_image_changed(self) -> None:
+        self._watch_mask()
+        self.update_counts()
+
+    def _watch_mask(self) -> None:
+        mask = self.mask_layer()
+        if mask is not None:
+            mask.events.paint.connect(self._schedule_count)
+            mask.events.data.connect(self._schedule_count)
+
+    def _schedule_count(self, event: Any = None) -> None:
+        self._count_timer.start()
+
+    def update_counts(self) -> tuple[int, int]:
+        """Refresh the 'N slices corrected, M reviewed' label; returns (N, M)."""
+        mask = self.mask_layer()
+        if mask is None:
+            self.count_label.setText("no mask yet")
+            return 0, 0
+        n, m = len(L.corrected(mask)), len(L.reviewed(mask))
+        self.count_label.setText(f"{n} slices corrected, {m} reviewed")
+        return n, m
+
+    def mark_reviewed(self, index: int | None = None) -> None:
+        """Mark the current slice (or ``index``) of the mask as reviewed."""
+        mask = self.mask_layer()
+        if mask is None:
+            notify_error("no mask to review: run a segmentation first")
+            return
+        L.mark_reviewed(mask, L.current_index(self.viewer, mask) if index is None else index)
+        self.update_counts()
+
+    def refresh_review(self) -> None:
+        mask, variance = self.mask_layer(), self.variance_layer()
+        if mask is None or variance is None or mask.data.ndim != 3:
+            self.review.set_ranking([])
+            return
+        done = mask.metadata.get(L.SEGMENTED, [])
+        self.review.set_ranking(rank_slices_by_uncertainty(variance.data, mask.data, done))
+
+    def jump_to(self, index: int) -> None:
+        layer = self.mask_layer() or self.image_combo.layer()
+        if layer is not None:
+            L.jump_to_slice(self.viewer, layer, index)
+
+    # --------------------------------------------------------------- export
+    def export(
+        self, path: str | Path, overwrite: bool = False, variance_path: str | Path | None = None
+    ) -> Path | None:
+        """Write the mask (and optionally the variance) as NIfTI aligned with the scan."""
+        mask = self.mask_layer()
+        try:
+            if mask is None:
+                raise InputError("nothing to export: run a segmentation first")
+            geometry = VolumeGeometry.from_metadata(mask.metadata)
+            out = write_labels(L.labels_of(mask), like=geometry, path=path, overwrite=overwrite)
+            variance = self.variance_layer()
+            if variance_path is not None and variance is not None:
+                write_image(variance.data, like=geometry, path=variance_path, overwrite=overwrite)
+        except MedSegDiffError as exc:
+            notify_error(exc)
+            return None
+        notify_info(f"saved {out}")
+        return out
+
+    def _export_clicked(self) -> None:
+        image = self.image_combo.layer()
+        default = f"{L.result_names(image.name)[0].replace(' ', '_')}.nii.gz" if image else ""
+        target = ask_export_target(self, default, self.export_variance.isChecked())
+        if target is not None:
+            path, var_path, overwrite = target
+            self.export(path, overwrite=overwrite, variance_path=var_path)
