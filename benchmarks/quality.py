@@ -41,16 +41,21 @@ def load_heldout(model_dir: Path) -> tuple[np.ndarray, np.ndarray, list[int], tu
     return vol.data, labels, list(range(start, stop)), vol.geometry.spacing
 
 
-def augmented_variant(image: np.ndarray, labels: np.ndarray, seed: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def augmented_variant(
+    image: np.ndarray, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """An unseen variant: rescale 0.85x, rotate 8 degrees, bias field, gamma 1.25."""
     rng = np.random.default_rng(seed)
     img = torch.as_tensor(image[:, None].astype(np.float32))
     lab = torch.as_tensor(labels[:, None].astype(np.float32))
     angle, scale = np.deg2rad(8.0), 0.85
-    theta = torch.tensor([[np.cos(angle) / scale, -np.sin(angle) / scale, 0.02],
-                          [np.sin(angle) / scale, np.cos(angle) / scale, -0.03]],
-                         dtype=torch.float32).expand(img.shape[0], 2, 3)
+    theta = torch.tensor(
+        [
+            [np.cos(angle) / scale, -np.sin(angle) / scale, 0.02],
+            [np.sin(angle) / scale, np.cos(angle) / scale, -0.03],
+        ],
+        dtype=torch.float32,
+    ).expand(img.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(img.shape), align_corners=False)
     img = F.grid_sample(img, grid, mode="bilinear", align_corners=False)[:, 0].numpy()
     lab = F.grid_sample(lab, grid, mode="nearest", align_corners=False)[:, 0].numpy()
@@ -76,8 +81,7 @@ def otsu_baseline(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, spacing, workdir: Path, name: str
-                    ) -> dict:
+def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, spacing, workdir: Path, name: str) -> dict:
     """Write pred/truth as NIfTI (z as the last axis) and run the evaluate engine."""
     affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
     p, t = workdir / f"{name}_pred.nii.gz", workdir / f"{name}_truth.nii.gz"
@@ -94,17 +98,20 @@ def class_line(name: str, report: dict) -> str:
         m = labels.get(str(k), {})
         dices.append(m.get("dice") or 0.0)
         hd = m.get("hd95_mm")
-        parts.append(f"{cname} Dice {m.get('dice', 0):.3f} HD95 "
-                     f"{'-' if hd is None else f'{hd:.2f}'} mm")
+        parts.append(
+            f"{cname} Dice {m.get('dice', 0):.3f} HD95 {'-' if hd is None else f'{hd:.2f}'} mm"
+        )
     return f"{name:<28} {' | '.join(parts)} | mean Dice {np.mean(dices):.3f}"
 
 
-def segment(seg: Segmenter, volume: np.ndarray, indices: list[int], steps: int, ensemble: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def segment(
+    seg: Segmenter, volume: np.ndarray, indices: list[int], steps: int, ensemble: int
+) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros((len(indices), *volume.shape[1:3]), np.int64)
     var = np.zeros(mask.shape, np.float32)
-    results = seg.segment_volume(volume, slices=indices,
-                                 sampler=SamplerConfig(steps=steps, ensemble=ensemble))
+    results = seg.segment_volume(
+        volume, slices=indices, sampler=SamplerConfig(steps=steps, ensemble=ensemble)
+    )
     pos = {s: i for i, s in enumerate(indices)}
     for r in results:
         mask[pos[r.index]], var[pos[r.index]] = r.mask, r.variance
@@ -141,29 +148,37 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{model_dir}: config.json records no holdout_slices")
     work = Path(tempfile.mkdtemp(prefix="quality-"))
     truth = labels[held]
-    print(f"model {seg.name} ({seg.config.preset} {seg.config.version}), held-out slices "
-          f"{held[0]}:{held[-1] + 1} ({len(held)}), DPM-Solver++ 20 steps, ensemble 5")
+    print(
+        f"model {seg.name} ({seg.config.preset} {seg.config.version}), held-out slices "
+        f"{held[0]}:{held[-1] + 1} ({len(held)}), DPM-Solver++ 20 steps, ensemble 5"
+    )
     start = time.perf_counter()
     pred, var = segment(seg, image, held, 20, 5)
     seconds = time.perf_counter() - start
-    rows = {"medsegdiff": evaluate_arrays(pred, truth, spacing, work, "model"),
-            "multi-Otsu baseline": evaluate_arrays(otsu_baseline(image[held]), truth, spacing,
-                                                   work, "otsu")}
+    rows = {
+        "medsegdiff": evaluate_arrays(pred, truth, spacing, work, "model"),
+        "multi-Otsu baseline": evaluate_arrays(
+            otsu_baseline(image[held]), truth, spacing, work, "otsu"
+        ),
+    }
     aug_img, aug_lab = augmented_variant(image[held], truth, seed=20260)
     aug_pred, _ = segment(seg, aug_img, list(range(len(held))), 20, 5)
     rows["medsegdiff, unseen variant"] = evaluate_arrays(aug_pred, aug_lab, spacing, work, "aug")
-    rows["multi-Otsu, unseen variant"] = evaluate_arrays(otsu_baseline(aug_img), aug_lab,
-                                                         spacing, work, "aug_otsu")
+    rows["multi-Otsu, unseen variant"] = evaluate_arrays(
+        otsu_baseline(aug_img), aug_lab, spacing, work, "aug_otsu"
+    )
     for name, report in rows.items():
         print(class_line(name, report))
     print(f"time: {seconds / len(held):.2f} s per slice (ensemble 5 x 20 steps)")
-    wrong = (pred != truth)
+    wrong = pred != truth
     in_head = truth > 0
     in_head |= pred > 0
     v, w = var[in_head], wrong[in_head]
-    print(f"variance on wrong voxels {v[w].mean():.4f} vs correct {v[~w].mean():.4f} "
-          f"(ratio {v[w].mean() / max(v[~w].mean(), 1e-12):.1f}x); AUROC of variance for "
-          f"errors {auroc(v, w):.3f} (inside the head)")
+    print(
+        f"variance on wrong voxels {v[w].mean():.4f} vs correct {v[~w].mean():.4f} "
+        f"(ratio {v[w].mean() / max(v[~w].mean(), 1e-12):.1f}x); AUROC of variance for "
+        f"errors {auroc(v, w):.3f} (inside the head)"
+    )
     if args.quick:
         return 0
     subset = held[:: max(1, len(held) // 8)][:8]

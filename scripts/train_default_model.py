@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 1),
         "best_val_dice": result.best_dice,
         "final_loss": float(np.mean(result.losses[-50:])),
-        "params": None,
+        "params": sum(p.numel() for p in build_model(cfg).parameters()),
     }
     config = json.loads((result.best / CONFIG).read_text())
     config["training_summary"] = summary
