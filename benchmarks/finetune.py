@@ -35,10 +35,12 @@ def shifted_contrast(image: np.ndarray, gamma: float = 2.5, bias: float = 0.8) -
     return (unit * field * (hi - lo) + lo).astype(np.float32)
 
 
-def mean_dice(seg: Segmenter, image: np.ndarray, labels: np.ndarray, slices: list[int],
-              ensemble: int) -> float:
-    results = seg.segment_volume(image, slices=slices,
-                                 sampler=SamplerConfig(steps=20, ensemble=ensemble))
+def mean_dice(
+    seg: Segmenter, image: np.ndarray, labels: np.ndarray, slices: list[int], ensemble: int
+) -> float:
+    results = seg.segment_volume(
+        image, slices=slices, sampler=SamplerConfig(steps=20, ensemble=ensemble)
+    )
     scores = []
     for r in results:
         scores.append(np.mean([dice(r.mask == k, labels[r.index] == k) for k in (1, 2)]))
@@ -67,21 +69,44 @@ def main(argv: list[str] | None = None) -> int:
     evaluated = [others[int(i)] for i in np.linspace(0, len(others) - 1, args.eval_slices)]
     seg = Segmenter.load(base, "cpu")
     before = mean_dice(seg, image, labels, evaluated, args.ensemble)
-    print(f"base model {base.name}: mean GM/WM Dice {before:.3f} on {len(evaluated)} slices "
-          f"not used for fine-tuning (shifted contrast, DPM-Solver++ 20 x {args.ensemble})")
+    print(
+        f"base model {base.name}: mean GM/WM Dice {before:.3f} on {len(evaluated)} slices "
+        f"not used for fine-tuning (shifted contrast, DPM-Solver++ 20 x {args.ensemble})"
+    )
     store = ModelStore(tempfile.mkdtemp(prefix="ft-bench-"))
     start = time.perf_counter()
-    result = finetune(base, image, labels, slices=corrected, steps=args.steps, lr=args.lr,
-                      batch_size=4, device="cpu", store=store, holdout=0.0)
+    result = finetune(
+        base,
+        image,
+        labels,
+        slices=corrected,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=4,
+        device="cpu",
+        store=store,
+        holdout=0.0,
+    )
     wall = time.perf_counter() - start
-    after = mean_dice(Segmenter.load(result.path, "cpu"), image, labels, evaluated,
-                      args.ensemble)
-    print(f"fine-tuned on {len(corrected)} corrected slices {corrected}, {args.steps} steps: "
-          f"{wall:.0f} s; Dice {before:.3f} -> {after:.3f} ({after - before:+.3f})")
+    after = mean_dice(Segmenter.load(result.path, "cpu"), image, labels, evaluated, args.ensemble)
+    print(
+        f"fine-tuned on {len(corrected)} corrected slices {corrected}, {args.steps} steps: "
+        f"{wall:.0f} s; Dice {before:.3f} -> {after:.3f} ({after - before:+.3f})"
+    )
     ten = brain[:: max(1, len(brain) // 10)][:10]
     start = time.perf_counter()
-    finetune(base, image, labels, slices=ten, steps=200, lr=args.lr, batch_size=4,
-             device="cpu", store=store, holdout=0.0)
+    finetune(
+        base,
+        image,
+        labels,
+        slices=ten,
+        steps=200,
+        lr=args.lr,
+        batch_size=4,
+        device="cpu",
+        store=store,
+        holdout=0.0,
+    )
     print(f"timing: 200 steps on 10 slices of 128 px took {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,11 @@ from napari_medsegdiff.nifti import read_volume
 from napari_medsegdiff.segmenter import Segmenter
 
 CLASSES = {1: "GM", 2: "WM"}
+#: One result line of the main table (the model card quotes these lines verbatim).
+LINE_PATTERN = re.compile(
+    r"^(?P<name>.+?)\s+GM Dice (?P<gm>[0-9.]+) HD95 (?P<gm_hd>[-0-9.]+) mm \| "
+    r"WM Dice (?P<wm>[0-9.]+) HD95 (?P<wm_hd>[-0-9.]+) mm \| mean Dice (?P<mean>[0-9.]+)$"
+)
 
 
 def load_heldout(model_dir: Path) -> tuple[np.ndarray, np.ndarray, list[int], tuple]:

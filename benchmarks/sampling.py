@@ -80,7 +80,11 @@ def our_way(seg: Segmenter, volume: np.ndarray, ensemble: int, steps: int) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ensemble 5 x 20 steps only")
-    parser.add_argument("--sizes", default="128,256")
+    parser.add_argument(
+        "--sizes",
+        default="128:128,128:256,256:256",
+        help="MODEL_SIZE:SLICE_SIZE pairs (a slice is resized to the model size)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -91,26 +95,25 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {torch.get_num_threads()} torch threads, measured 3x3 conv throughput "
         f"{gflops_machine:.1f} GFLOP/s"
     )
-    for size in (int(s) for s in args.sizes.split(",")):
+    for pair in args.sizes.split(","):
+        size, slice_size = (int(v) for v in pair.split(":"))
         cfg = preset("lite", image_size=size)
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        seg = Segmenter(
-            model,
-            ModelInfo(path=None, config=cfg, meta={"name": "lite"}),  # type: ignore[arg-type]
-            torch.device("cpu"),
-        )
+        info = ModelInfo(path=None, config=cfg, meta={"name": "lite"})  # type: ignore[arg-type]
+        seg = Segmenter(model, info, torch.device("cpu"))
         params = sum(p.numel() for p in model.parameters())
         denoise_flops, cond_flops = forward_flops(model, size, cfg.mask_channels)
         chunk = seg.auto_chunk_size(size, size)
         print(
-            f"\nlite V{cfg.version[1]} at {size} px: {params / 1e6:.2f} M params, "
-            f"denoise {denoise_flops / 1e9:.2f} GFLOP, condition {cond_flops / 1e9:.2f} GFLOP "
-            f"(once per slice), measured chunk {chunk} rows"
+            f"\nlite V{cfg.version[1]}, model size {size} px, slices of {slice_size} px: "
+            f"{params / 1e6:.2f} M params, denoise {denoise_flops / 1e9:.2f} GFLOP, "
+            f"condition {cond_flops / 1e9:.2f} GFLOP (once per slice), chunk {chunk} rows"
         )
         print("ensemble steps | ours s/slice slices/s | reference s/slice | speed-up | GFLOP/s")
-        volume = np.random.default_rng(0).normal(size=(2, size, size)).astype(np.float32)
-        image = torch.as_tensor(seg.prepare(volume)[:1])
+        rng = np.random.default_rng(0)
+        volume = rng.normal(size=(2, slice_size, slice_size)).astype(np.float32)
+        image = torch.as_tensor(seg.prepare(rng.normal(size=(1, size, size)))[:1])
         for ensemble, steps in grid:
             ours = our_way(seg, volume, ensemble, steps)
             ref = reference_way(model, cfg, image, ensemble, steps)

@@ -155,8 +155,13 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
 
     info = read_model_info(folder)
     state = _read_state(info.path)
-    model = build_model(info.config)
-    expected = model.state_dict()
+    try:  # shapes first, on the meta device: nothing allocated until the weights match
+        with torch.device("meta"):
+            expected = build_model(info.config).state_dict()
+    except (ValueError, TypeError, RuntimeError, AssertionError, IndexError) as exc:
+        raise ModelError(
+            f"{info.path / CONFIG}: describes a network that cannot be built ({exc})"
+        ) from None
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -171,6 +176,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
                 f"{info.path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
                 f"config.json expects {tuple(expected[key].shape)}"
             )
+    model = build_model(info.config)
     model.load_state_dict(state)
     model.to(device).eval()
     return model, info
@@ -227,6 +233,9 @@ def save_model(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
+    except OSError as exc:  # disk full, permissions: one clear line, no half version
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{folder}: cannot write the model ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def _check_new(path: str | None, overwrite: bool, arg: str) -> Path | None:
         raise InputError(f"{arg} {target}: already exists; pass --overwrite to replace it")
     if not target.parent.is_dir():
         raise InputError(f"{arg} {target}: folder {target.parent} does not exist")
+    try:  # a real probe (root ignores permission bits): fail before a long run, not after
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise InputError(f"{arg} {target}: cannot write in {target.parent} ({why})") from None
     if not target.name.endswith((".nii", ".nii.gz")):
         raise InputError(f"{arg} {target}: must end with .nii or .nii.gz")
     return target
@@ -74,10 +81,13 @@ def segment_files(
     volume = read_volume(images if len(images) > 1 else images[0])
     seg = segmenter or Segmenter.load(model, device)
     indices = parse_slices(slices, volume.data.shape[0])
-    bar = _tqdm_or_none(len(indices), Path(images[0]).name, progress)
+    bar = None  # made at the first report: an input error stays one line on stderr
     start = time.perf_counter()
 
     def on_progress(p) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _tqdm_or_none(len(indices), Path(images[0]).name, progress)
         if bar is not None and p.step is None:
             bar.n = p.done
             bar.refresh()
@@ -85,9 +95,11 @@ def segment_files(
     results = seg.segment_volume(
         volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
     )
-    mask, var, prob = assemble(results, volume.data.shape[:3])
-    if bar is not None:
-        bar.close()
+    try:
+        mask, var, prob = assemble(results, volume.data.shape[:3])
+    finally:  # an error message then starts on its own line
+        if bar is not None:
+            bar.close()
     written = [write_labels(mask, volume, out, overwrite=overwrite)]
     if var_path is not None:
         written.append(write_image(var, volume, var_path, overwrite=overwrite))

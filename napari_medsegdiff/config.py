@@ -47,6 +47,22 @@ def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
         raise InputError(f"{what}: {exc}") from None
 
 
+_LIMITS = {  # upper bounds far above every preset ("plus": 512 channels, 256 px)
+    "in_channels": 64,
+    "mask_channels": 256,
+    "image_size": 4096,
+    "base_channels": 2048,
+    "num_res_blocks": 32,
+    "num_heads": 64,
+    "cond_channels": 2048,
+    "train_timesteps": 100_000,
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and training schedule of a MedSegDiff model.
@@ -80,20 +96,31 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {self.version!r}")
-        for name in (
-            "in_channels",
-            "mask_channels",
-            "image_size",
-            "base_channels",
-            "num_res_blocks",
-            "num_heads",
-            "train_timesteps",
-        ):
+        for name, top in _LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > top:  # a corrupt or hostile config.json must not allocate terabytes
+                raise ValueError(f"{name} must be at most {top}, got {value!r}")
         if not self.channel_mult:
             raise ValueError("channel_mult must not be empty")
+        if len(self.channel_mult) > 8 or not all(
+            _is_int(m) and 1 <= m <= 16 for m in self.channel_mult
+        ):
+            raise ValueError(
+                f"channel_mult must be 1-8 integers in 1..16, got {self.channel_mult!r}"
+            )
+        if not all(_is_int(a) and 0 <= a < len(self.channel_mult) for a in self.attention_levels):
+            raise ValueError(
+                f"attention_levels must be level indices 0..{len(self.channel_mult) - 1}, "
+                f"got {self.attention_levels!r}"
+            )
+        if not _is_int(self.ss_former_layers) or not 0 <= self.ss_former_layers <= 32:
+            raise ValueError(f"ss_former_layers must be 0..32, got {self.ss_former_layers!r}")
+        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.ff_parser, bool):
+            raise ValueError(f"ff_parser must be true or false, got {self.ff_parser!r}")
         if self.image_size % self.size_divisor:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by {self.size_divisor}"

@@ -267,6 +267,11 @@ def finetune_files(args: argparse.Namespace) -> str:
             f"--labels {args.labels}: not in the same space (shape/affine) as {args.image[0]}"
         )
     labels = np.rint(labels_vol.data).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise InputError(
+            f"--labels {args.labels}: negative label value {labels.min()}; "
+            "labels are 0 (background), 1, 2, ..."
+        )
     proposal = None
     if args.proposal:
         proposal = np.rint(read_volume(args.proposal).data).astype(np.int64)

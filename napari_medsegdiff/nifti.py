@@ -37,7 +37,15 @@ PathLike = str | os.PathLike[str]
 MAX_VOXELS = 2**31
 """Refuse files that declare more voxels than this (before allocating anything)."""
 _MAX_GZIP_RATIO = 1100  # DEFLATE cannot expand more than ~1032:1
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+_READ_ERRORS = (
+    ImageFileError,
+    HeaderDataError,
+    OSError,
+    EOFError,
+    zlib.error,
+    ValueError,
+    OverflowError,  # e.g. vox_offset = inf
+)
 
 
 def is_nifti_path(path: PathLike) -> bool:
@@ -65,7 +73,9 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
     if not is_nifti_path(path):
         raise InputError(f"{name}: expected a .nii or .nii.gz file")
     try:
-        img = nib.load(path)
+        # nibabel logs each header fix-up (bad pixdim, codes...) on stderr; our error says it
+        with nib.imageglobals.LoggingOutputSuppressor():
+            img = nib.load(path)
     except _READ_ERRORS as exc:
         raise InputError(f"{name}: not a NIfTI file ({_sniff(path) or _short(exc)})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -276,7 +286,8 @@ def _atomic_write(img: nib.Nifti1Image, path: pathlib.Path, overwrite: bool) -> 
     except InputError:
         raise
     except (OSError, ValueError, HeaderDataError) as exc:
-        raise InputError(f"{path}: cannot write ({_short(exc)})") from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _short(exc)
+        raise InputError(f"{path}: cannot write ({why})") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

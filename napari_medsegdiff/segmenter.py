@@ -41,7 +41,8 @@ class SliceResult:
     mask: np.ndarray  # (H, W) uint8 labels
     probability: np.ndarray  # (K', H, W) float32
     variance: np.ndarray  # (H, W) float32
-    entropy: np.ndarray | None = None  # (H, W) float32, multi-class only
+    entropy: np.ndarray | None = None  # (H, W) float32
+    members: np.ndarray | None = None  # (M, K, H, W) float32 member probabilities
 
     @property
     def foreground(self) -> np.ndarray:
@@ -78,6 +79,8 @@ def parse_slices(
                     )
                 return list(range(start, stop))
             indices = [int(part) for part in text.split(",") if part.strip()]
+        except InputError:  # a ValueError too: keep its message
+            raise
         except ValueError:
             raise InputError(
                 f"{arg}: expected START:STOP or a,b,c with integers, got {text!r}"
@@ -290,7 +293,12 @@ class Segmenter:
         probs = np.asarray(resize_probabilities(probs, size), dtype=np.float32)
         fused = fuse(probs, cfg.fusion, cfg.threshold)
         return SliceResult(
-            index, fused.mask.astype(np.uint8), fused.probability, fused.variance, fused.entropy
+            index,
+            fused.mask.astype(np.uint8),
+            fused.probability,
+            fused.variance,
+            fused.entropy,
+            probs,
         )
 
     # ------------------------------------------------------------ chunk size

@@ -104,6 +104,8 @@ class VolumeGeometry:
         if np.any(norms < 1e-8) or abs(np.linalg.det(rzs)) < 1e-12:
             raise InputError(f"{name}: degenerate affine (zero voxel size or collinear axes)")
         src = io_orientation(affine)
+        if np.isnan(src).any():  # axes so unequal in scale that one is numerically lost
+            raise InputError(f"{name}: degenerate affine (voxel sizes differ by > 1e15)")
         ornt = ornt_transform(src, axcodes2ornt(DISPLAY_AXCODES))
         cosines = np.abs(rzs / norms)
         nearest = np.zeros_like(cosines)

@@ -59,13 +59,15 @@ def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(
     segmenter, trained_tiny
 ):
     (result,) = _segment(segmenter, trained_tiny["images"][:1], steps=10, ensemble=6)
-    fg = result.foreground
-    certain = (fg == 0) | (fg == 1)
-    assert certain.any()
-    assert np.all(result.variance[certain] == 0)
-    uncertain = (fg > 0.05) & (fg < 0.95)
-    if uncertain.any():
-        assert np.all(result.variance[uncertain] > 0)
+    members = result.members  # (M, 1, H, W) member probabilities
+    assert members.shape[:2] == (6, 1)
+    decisions = members[:, 0] > 0.5
+    agree = decisions.all(0) | (~decisions).all(0)
+    differ = ~agree
+    assert agree.any() and differ.any()
+    assert np.all(result.variance[differ] > 0)
+    assert result.variance[differ].mean() > 5 * result.variance[agree].mean()
+    np.testing.assert_allclose(result.variance, members[:, 0].var(0), rtol=1e-5, atol=1e-7)
     # The variance concentrates on the boundary, not inside the object.
     truth = trained_tiny["labels"][0].astype(bool)
     from scipy import ndimage

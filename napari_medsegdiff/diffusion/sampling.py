@@ -38,8 +38,9 @@ def make_scheduler(name: str, cfg: ModelConfig) -> Any:
             lower_order_final=True,
         )
     if name == "ddim":
+        # No x0 clipping: DDIM would mix the clipped x0 with the unclipped epsilon and drift.
         return DDIMScheduler(
-            **common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing"
+            **common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing"
         )
     if name == "ddpm":
         return DDPMScheduler(
