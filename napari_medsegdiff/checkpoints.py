@@ -128,17 +128,32 @@ def _read_state(folder: Path) -> dict[str, torch.Tensor]:
     raise ModelError(f"{folder}: {WEIGHTS} is missing")
 
 
+def _unpickle_reason(exc: BaseException) -> str:
+    """The useful part of torch's long weights-only refusal."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it would call {found.group(1)}"
+    found = re.search(r"Unsupported operand \d+", text)
+    if found:
+        return found.group(0)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:120]
+
+
 def load_pt_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a legacy ``.pt`` state dict without executing code (``weights_only=True``)."""
     import pickle
+    import warnings
 
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for users
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"{path}: refusing to load: not a plain tensor checkpoint (unpickling it could run "
-            f"code; convert it to model.safetensors) [{first[:120]}]"
+            f"code; convert it to model.safetensors) [{_unpickle_reason(exc)}]"
         ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--image-size", type=_positive_int, default=None)
     tr.add_argument(
+        "--prediction",
+        default="v_prediction",
+        help="epsilon | v_prediction (default: v, whose mask estimate is good at high noise)",
+    )
+    tr.add_argument(
         "--classes",
         type=_positive_int,
         default=2,

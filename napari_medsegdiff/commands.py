@@ -96,15 +96,23 @@ def segment_files(
         volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
     )
     try:
-        mask, var, prob = assemble(results, volume.data.shape[:3])
+        mask, var, prob = assemble(
+            results,
+            volume.data.shape[:3],
+            variance=var_path is not None,
+            probability=prob_path is not None,
+        )
     finally:  # an error message then starts on its own line
         if bar is not None:
             bar.close()
-    written = [write_labels(mask, volume, out, overwrite=overwrite)]
+    # Keep only what gets written (peak memory): the geometry, not the scan's voxels.
+    geometry = volume.geometry
+    del results, volume
+    written = [write_labels(mask, geometry, out, overwrite=overwrite)]
     if var_path is not None:
-        written.append(write_image(var, volume, var_path, overwrite=overwrite))
+        written.append(write_image(var, geometry, var_path, overwrite=overwrite))
     if prob_path is not None:
-        written.append(write_image(prob, volume, prob_path, overwrite=overwrite))
+        written.append(write_image(prob, geometry, prob_path, overwrite=overwrite))
     return {
         "outputs": [str(p) for p in written],
         "slices": len(indices),
@@ -150,6 +158,10 @@ def run_segment(args: argparse.Namespace) -> int:
             f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> {args.output}"
         )
         return 0
+    from napari_medsegdiff.cli import _is_main_rank
+
+    if not _is_main_rank():
+        return 0  # one scan under torchrun: rank 0 writes it, the others have nothing to do
     for path in args.images:
         if not Path(path).is_file():
             raise InputError(f"{path}: file not found")
@@ -179,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_medsegdiff.distributed import distributed_session
     from napari_medsegdiff.training import train
 
-    overrides = {"version": args.model_version}
+    overrides = {"version": args.model_version, "prediction": args.prediction}
     if args.image_size:
         overrides["image_size"] = args.image_size
     with distributed_session(args.device) as device:

@@ -363,4 +363,4 @@ def write_image(
     arr = np.asarray(data)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{pathlib.Path(path).name}: image must be numeric, got {arr.dtype}")
-    return _write(arr.astype(np.float32), geometry, path, overwrite, "image")
+    return _write(arr.astype(np.float32, copy=False), geometry, path, overwrite, "image")

@@ -141,7 +141,7 @@ class Segmenter:
         if normalize:
             method = "ct" if window is not None else "percentile"
             arr = normalize_intensity(arr, method=method, window=window)
-        return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32), -1, 1))
+        return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32, copy=False), -1, 1))
 
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         return model_size_for(height, width, self.config.image_size, self.config.size_divisor)
@@ -337,17 +337,24 @@ class Segmenter:
 
 
 def assemble(
-    results: Sequence[SliceResult] | Iterator[SliceResult], shape: tuple[int, int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    results: Sequence[SliceResult] | Iterator[SliceResult],
+    shape: tuple[int, int, int],
+    *,
+    variance: bool = True,
+    probability: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Stack slice results into (mask uint8, variance float32, foreground prob float32) volumes.
 
-    Slices not present stay 0.
+    Slices not present stay 0. A map not asked for (``variance`` / ``probability`` False)
+    is not allocated and comes back as None (a float32 volume less in memory).
     """
     mask = np.zeros(shape, dtype=np.uint8)
-    variance = np.zeros(shape, dtype=np.float32)
-    prob = np.zeros(shape, dtype=np.float32)
+    var = np.zeros(shape, dtype=np.float32) if variance else None
+    prob = np.zeros(shape, dtype=np.float32) if probability else None
     for r in results:
         mask[r.index] = r.mask
-        variance[r.index] = r.variance
-        prob[r.index] = r.foreground
-    return mask, variance, prob
+        if var is not None:
+            var[r.index] = r.variance
+        if prob is not None:
+            prob[r.index] = r.foreground
+    return mask, var, prob

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--version", default="v2")
+    parser.add_argument("--prediction", default="v_prediction", help="epsilon | v_prediction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy into the package")
@@ -95,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     val = slices_from_volume(
         image, labels, args.image_size, val_idx, normalized=True, name="icbm152-val"
     )
-    cfg = preset("lite", version=args.version, mask_channels=3, image_size=args.image_size)
+    cfg = preset(
+        "lite",
+        version=args.version,
+        mask_channels=3,
+        image_size=args.image_size,
+        prediction=args.prediction,
+    )
     tcfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

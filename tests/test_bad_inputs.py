@@ -15,6 +15,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
@@ -263,401 +264,147 @@ def _cli_disk_full(ctx: Ctx) -> list[str]:
     return argv
 
 
+def _text(ctx: Ctx, name: str, text: str | bytes) -> Path:
+    path = ctx.tmp / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def _label_args(ctx: Ctx, dtype=np.uint8, value=1, shape=None, path=None) -> dict:
+    vol, labels = _labels(ctx, dtype, value, shape)
+    return {"labels": labels, "like": vol, "path": path or ctx.out("o.nii")}
+
+
+def _finetune_negative(ctx: Ctx) -> list[str]:
+    return [
+        "finetune", "--model", str(ctx.models["tiny"]), "--image", str(ctx.scan()),
+        "--labels", str(_neg_labels(ctx)), "--slices", "0", "--steps", "1",
+        "--device", "cpu", "--out", str(ctx.tmp / "store"),
+    ]  # fmt: skip
+
+
+def _two_channels(ctx: Ctx, **second) -> list[Path]:
+    return [ctx.scan("a.nii.gz"), ctx.scan("b.nii.gz", **second)]
+
+
+# fmt: off
 ERRORS: list[Row] = [
-    # --- reading scans
-    Row(
-        "text file named .nii",
-        "reader",
-        "not a NIfTI file",
-        "notes.nii",
-        lambda c: (c.tmp / "notes.nii").write_text("hello " * 100) and c.tmp / "notes.nii",
-    ),
-    Row(
-        "wrong magic",
-        "read_volume",
-        "bad magic",
-        "magic.nii",
-        lambda c: patched_header(c.tmp / "magic.nii", magic=b"xy1\0"),
-    ),
-    Row(
-        "plain bytes named .nii.gz",
-        "read_volume",
-        "not gzip data",
-        "plain.nii.gz",
-        lambda c: (c.tmp / "plain.nii.gz").write_bytes(b"\0" * 600) and c.tmp / "plain.nii.gz",
-    ),
-    Row(
-        "wrong extension",
-        "read_volume",
-        "expected a .nii or .nii.gz",
-        "scan.png",
-        lambda c: (c.tmp / "scan.png").write_bytes(b"\x89PNG") and c.tmp / "scan.png",
-    ),
-    Row(
-        "missing file",
-        "cli-subprocess",
-        "file not found",
-        "missing.nii.gz",
-        lambda c: ["segment", str(c.tmp / "missing.nii.gz"), "-o", str(c.out())],
-    ),
-    Row(
-        "truncated .nii.gz",
-        "cli-subprocess",
-        "truncated or corrupt",
-        "cut.nii.gz",
-        lambda c: _cli_segment(c, images=[_truncate(c.scan("cut.nii.gz"))]),
-    ),
-    Row(
-        "truncated .nii",
-        "read_volume",
-        "truncated",
-        "short.nii",
-        lambda c: _truncate(c.scan("short.nii")),
-    ),
-    Row(
-        "header dims > data (.nii)",
-        "read_volume",
-        "header needs",
-        "lies.nii",
-        lambda c: raw_nifti(c.tmp / "lies.nii", (40, 40, 40), data=b"\0" * 512),
-    ),
-    Row(
-        "header dims > data (.nii.gz)",
-        "read_volume",
-        "truncated or corrupt data",
+    # --- reading scans: entry point, message fragment, what it names
+    Row("text file named .nii", "reader", "not a NIfTI file", "notes.nii",
+        lambda c: _text(c, "notes.nii", "hello " * 100)),
+    Row("wrong magic", "read_volume", "bad magic", "magic.nii",
+        lambda c: patched_header(c.tmp / "magic.nii", magic=b"xy1\0")),
+    Row("plain bytes named .nii.gz", "read_volume", "not gzip data", "plain.nii.gz",
+        lambda c: _text(c, "plain.nii.gz", b"\0" * 600)),
+    Row("wrong extension", "read_volume", "expected a .nii or .nii.gz", "scan.png",
+        lambda c: _text(c, "scan.png", b"\x89PNG")),
+    Row("missing file", "cli-subprocess", "file not found", "missing.nii.gz",
+        lambda c: ["segment", str(c.tmp / "missing.nii.gz"), "-o", str(c.out())]),
+    Row("truncated .nii.gz", "cli-subprocess", "truncated or corrupt", "cut.nii.gz",
+        lambda c: _cli_segment(c, images=[str(_truncate(c.scan("cut.nii.gz")))])),
+    Row("truncated .nii", "read_volume", "truncated", "short.nii",
+        lambda c: _truncate(c.scan("short.nii"))),
+    Row("header dims > data (.nii)", "read_volume", "header needs", "lies.nii",
+        lambda c: raw_nifti(c.tmp / "lies.nii", (40, 40, 40), data=b"\0" * 512)),
+    Row("header dims > data (.nii.gz)", "read_volume", "truncated or corrupt data",
         "lies.nii.gz",
-        lambda c: raw_nifti(c.tmp / "lies.nii.gz", (40, 40, 40), data=os.urandom(4096)),
-    ),
-    Row(
-        "zero-length dimension",
-        "read_volume",
-        "zero-length dimension",
-        "empty.nii",
-        lambda c: saved(c.tmp / "empty.nii", np.zeros((4, 0, 3), np.uint8)),
-    ),
-    Row(
-        "5-D image",
-        "cli",
-        "5-D image",
-        "five.nii",
-        lambda c: _cli_segment(c, images=[str(saved(c.tmp / "five.nii", np.zeros((2,) * 5)))]),
-    ),
-    Row(
-        "2-D file",
-        "read_volume",
-        "2-D image",
-        "flat.nii",
-        lambda c: saved(c.tmp / "flat.nii", np.zeros((4, 4), np.uint8)),
-    ),
-    Row(
-        "complex dtype",
-        "read_volume",
-        "complex data",
-        "cplx.nii",
-        lambda c: saved(c.tmp / "cplx.nii", np.zeros((2, 2, 2), np.complex64)),
-    ),
-    Row(
-        "RGB struct dtype",
-        "reader",
-        "RGB/structured",
-        "rgb.nii",
-        lambda c: saved(c.tmp / "rgb.nii", np.zeros((2, 2, 2), RGB)),
-    ),
-    Row(
-        "huge dims (.nii)",
-        "read_volume",
-        "more than 2147483648",
-        "huge.nii",
-        lambda c: raw_nifti(c.tmp / "huge.nii", (30000, 30000, 30000)),
-    ),
-    Row(
-        "huge dims (.nii.gz)",
-        "read_volume",
-        "header declares",
-        "gzhuge.nii.gz",
-        lambda c: raw_nifti(c.tmp / "gzhuge.nii.gz", (1000, 1000, 1000), np.uint8),
-    ),
-    Row(
-        "vox_offset = inf",
-        "read_volume",
-        "not a NIfTI file",
-        "inf.nii",
-        lambda c: patched_header(c.tmp / "inf.nii", vox_offset=np.inf),
-    ),
-    Row(
-        "affine scales 1e35 apart",
-        "read_volume",
-        "degenerate affine",
-        "skew.nii",
-        lambda c: patched_header(
-            c.tmp / "skew.nii", sform_code=2, srow_x=[1, 0, -6.6e35, 0], qform_code=0
-        ),
-    ),
-    Row(
-        "NaN affine",
-        "read_volume",
-        "finite 4x4",
-        "nanaff.nii",
-        lambda c: patched_header(c.tmp / "nanaff.nii", sform_code=2, srow_y=[np.nan] * 4),
-    ),
-    Row(
-        "channels of different shape",
-        "cli",
-        "spatial shapes differ",
-        "b.nii.gz",
-        lambda c: _cli_segment(
-            c, images=[str(c.scan("a.nii.gz")), str(c.scan("b.nii.gz", shape=(20, 16, 5)))]
-        ),
-    ),
-    Row(
-        "channels of different affine",
-        "read_volume",
-        "affines differ",
-        "b.nii.gz",
-        lambda c: [c.scan("a.nii.gz"), c.scan("b.nii.gz", affine=np.diag([1, 1, 2, 1.0]))],
-    ),
+        lambda c: raw_nifti(c.tmp / "lies.nii.gz", (40, 40, 40), data=os.urandom(4096))),
+    Row("zero-length dimension", "read_volume", "zero-length dimension", "empty.nii",
+        lambda c: saved(c.tmp / "empty.nii", np.zeros((4, 0, 3), np.uint8))),
+    Row("5-D image", "cli", "5-D image", "five.nii",
+        lambda c: _cli_segment(c, images=[str(saved(c.tmp / "five.nii", np.zeros((2,) * 5)))])),
+    Row("2-D file", "read_volume", "2-D image", "flat.nii",
+        lambda c: saved(c.tmp / "flat.nii", np.zeros((4, 4), np.uint8))),
+    Row("complex dtype", "read_volume", "complex data", "cplx.nii",
+        lambda c: saved(c.tmp / "cplx.nii", np.zeros((2, 2, 2), np.complex64))),
+    Row("RGB struct dtype", "reader", "RGB/structured", "rgb.nii",
+        lambda c: saved(c.tmp / "rgb.nii", np.zeros((2, 2, 2), RGB))),
+    Row("huge dims (.nii)", "read_volume", "more than 2147483648", "huge.nii",
+        lambda c: raw_nifti(c.tmp / "huge.nii", (30000, 30000, 30000))),
+    Row("huge dims (.nii.gz)", "read_volume", "header declares", "gzhuge.nii.gz",
+        lambda c: raw_nifti(c.tmp / "gzhuge.nii.gz", (1000, 1000, 1000), np.uint8)),
+    Row("vox_offset = inf", "read_volume", "not a NIfTI file", "inf.nii",
+        lambda c: patched_header(c.tmp / "inf.nii", vox_offset=np.inf)),
+    Row("affine axes 1e35 apart", "read_volume", "degenerate affine", "skew.nii",
+        lambda c: patched_header(c.tmp / "skew.nii", sform_code=2, qform_code=0,
+                                 srow_x=[1, 0, -6.6e35, 0])),
+    Row("NaN affine", "read_volume", "finite 4x4", "nanaff.nii",
+        lambda c: patched_header(c.tmp / "nanaff.nii", sform_code=2, srow_y=[np.nan] * 4)),
+    Row("channels of different shape", "cli", "spatial shapes differ", "b.nii.gz",
+        lambda c: _cli_segment(c, images=[str(p) for p in _two_channels(c, shape=(20, 16, 5))])),
+    Row("channels of different affine", "read_volume", "affines differ", "b.nii.gz",
+        lambda c: _two_channels(c, affine=np.diag([1, 1, 2, 1.0]))),
     # --- writing labels
-    Row(
-        "labels of the wrong shape",
-        "write_labels",
-        "does not match the source scan",
-        "o.nii",
-        lambda c: dict(zip(("like", "labels"), _labels(c, shape=(3, 3, 3))), path=c.out("o.nii")),
-    ),
-    Row(
-        "float (non-integer) labels layer",
-        "writer",
-        "whole numbers",
-        "f.nii.gz",
-        lambda c: (str(c.out("f.nii.gz")), _labels(c, np.float32, 0.5)[1], _writer_meta(c)),
-    ),
-    Row(
-        "negative labels",
-        "write_labels",
-        "negative label value -1",
-        "neg.nii.gz",
-        lambda c: dict(zip(("like", "labels"), _labels(c, np.int16, -1)), path=c.out("neg.nii.gz")),
-    ),
-    Row(
-        "labels layer without geometry",
-        "writer",
-        "no source geometry",
-        "'m'",
-        lambda c: (str(c.out("g.nii.gz")), np.zeros((2, 2, 2), np.uint8), {"name": "m"}),
-    ),
-    Row(
-        "negative labels for fine-tuning",
-        "cli",
-        "negative label value",
-        "neg.nii.gz",
-        lambda c: [
-            "finetune",
-            "--model",
-            str(c.models["tiny"]),
-            "--image",
-            str(c.scan()),
-            "--labels",
-            str(_neg_labels(c)),
-            "--slices",
-            "0",
-            "--steps",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            str(c.tmp / "store"),
-        ],
-    ),
-    Row(
-        "unwritable output folder",
-        "write_labels",
-        "cannot write",
-        "u.nii.gz",
-        lambda c: dict(
-            zip(("like", "labels"), _labels(c)), path=unwritable_dir(c.tmp) / "u.nii.gz"
-        ),
-    ),
-    Row(
-        "unwritable output folder",
-        "cli",
-        "cannot write in",
-        "-o",
-        lambda c: _cli_segment(c, out=str(unwritable_dir(c.tmp) / "u.nii.gz")),
-    ),
-    Row(
-        "output folder missing",
-        "write_labels",
-        "does not exist",
-        "x.nii.gz",
-        lambda c: dict(zip(("like", "labels"), _labels(c)), path=c.tmp / "nowhere" / "x.nii.gz"),
-    ),
-    Row(
-        "output exists",
-        "cli",
-        "already exists; pass --overwrite",
-        "seg.nii.gz",
-        lambda c: _cli_segment(c, out=str(_touch(c.tmp / "seg.nii.gz"))),
-    ),
-    Row(
-        "output is a folder",
-        "cli-subprocess",
-        "is a folder",
-        "-o",
-        lambda c: _cli_segment(c, out=str(c.tmp)),
-    ),
-    Row(
-        "output is a folder",
-        "write_labels",
-        "is a folder",
-        str,
-        lambda c: dict(zip(("like", "labels"), _labels(c)), path=c.tmp),
-    ),
-    Row(
-        "disk full mid-write",
-        "write_labels",
-        "No space left on device",
-        "full.nii.gz",
-        _disk_full_write,
-    ),
-    Row(
-        "disk full mid-overwrite",
-        "write_labels",
-        "No space left on device",
-        "prev.nii",
-        _disk_full_overwrite,
-    ),
+    Row("labels of the wrong shape", "write_labels", "does not match the source scan", "o.nii",
+        lambda c: _label_args(c, shape=(3, 3, 3))),
+    Row("float (non-integer) labels layer", "writer", "whole numbers", "f.nii.gz",
+        lambda c: (str(c.out("f.nii.gz")), _labels(c, np.float32, 0.5)[1], _writer_meta(c))),
+    Row("negative labels", "write_labels", "negative label value -1", "neg.nii.gz",
+        lambda c: _label_args(c, np.int16, -1, path=c.out("neg.nii.gz"))),
+    Row("labels layer without geometry", "writer", "no source geometry", "'m'",
+        lambda c: (str(c.out("g.nii.gz")), np.zeros((2, 2, 2), np.uint8), {"name": "m"})),
+    Row("negative labels for fine-tuning", "cli", "negative label value", "neg.nii.gz",
+        _finetune_negative),
+    Row("unwritable output folder", "write_labels", "cannot write", "u.nii.gz",
+        lambda c: _label_args(c, path=unwritable_dir(c.tmp) / "u.nii.gz")),
+    Row("unwritable output folder", "cli", "cannot write in", "-o",
+        lambda c: _cli_segment(c, out=str(unwritable_dir(c.tmp) / "u.nii.gz"))),
+    Row("output folder missing", "write_labels", "does not exist", "x.nii.gz",
+        lambda c: _label_args(c, path=c.tmp / "nowhere" / "x.nii.gz")),
+    Row("output exists", "cli", "already exists; pass --overwrite", "seg.nii.gz",
+        lambda c: _cli_segment(c, out=str(_touch(c.tmp / "seg.nii.gz")))),
+    Row("output is a folder", "cli-subprocess", "is a folder", "-o",
+        lambda c: _cli_segment(c, out=str(c.tmp))),
+    Row("output is a folder", "write_labels", "is a folder", str,
+        lambda c: _label_args(c, path=c.tmp)),
+    Row("disk full mid-write", "write_labels", "No space left on device", "full.nii.gz",
+        _disk_full_write),
+    Row("disk full mid-overwrite", "write_labels", "No space left on device", "prev.nii",
+        _disk_full_overwrite),
     Row("disk full mid-write", "cli", "No space left on device", "seg.nii.gz", _cli_disk_full),
-    Row(
-        "disk full saving a model",
-        "save_model",
-        "No space left on device",
-        "tiny-ft-",
-        _disk_full_model,
-    ),
+    Row("disk full saving a model", "save_model", "No space left on device", "tiny-ft-",
+        _disk_full_model),
     # --- models
-    Row(
-        "model folder without config.json",
-        "load_model",
-        "config.json is missing",
-        "model-",
-        lambda c: _unlink(c.model_copy() / CONFIG),
-    ),
-    Row(
-        "corrupt config.json",
-        "cli",
-        "corrupt JSON",
-        "config.json",
-        lambda c: _cli_model(c, _write(c.model_copy() / CONFIG, "{not json")),
-    ),
-    Row(
-        "absurd config.json values",
-        "load_model",
-        "must be at most 2048",
-        "config.json",
-        lambda c: edit_config(c.model_copy(), base_channels=10**6),
-    ),
-    Row(
-        "config.json that cannot build",
-        "load_model",
-        "must be at most 32",
-        "config.json",
-        lambda c: edit_config(c.model_copy(), num_res_blocks=10**6),
-    ),
-    Row(
-        "weights of the wrong shape",
-        "load_model",
-        "has shape",
-        "model-",
-        lambda c: wrong_shapes(c.model_copy()),
-    ),
-    Row(
-        "corrupt safetensors",
-        "load_model",
-        "corrupt safetensors",
-        WEIGHTS,
-        lambda c: _write(c.model_copy() / WEIGHTS, "garbage").parent,
-    ),
-    Row(
-        "model for 4 input channels",
-        "cli",
-        "expects 4",
-        "tiny4",
-        lambda c: _cli_model(c, c.models["tiny4"]),
-    ),
-    Row(
-        "pickle .pt checkpoint",
-        "cli-subprocess",
-        "refusing to load",
-        "model.pt",
-        lambda c: _cli_model(c, _evil_model_folder(c)),
-    ),
-    Row(
-        "pickle .pt checkpoint",
-        "load_pt_weights",
-        "refusing to load",
-        "evil.pt",
-        lambda c: evil_pt(c.tmp / "evil.pt"),
-    ),
-    Row(
-        "--model is a file",
-        "cli",
-        "is a file",
-        "--model",
-        lambda c: _cli_model(c, evil_pt(c.tmp / "evil.pt")),
-    ),
+    Row("model folder without config.json", "load_model", "config.json is missing", "model-",
+        lambda c: _unlink(c.model_copy() / CONFIG)),
+    Row("corrupt config.json", "cli", "corrupt JSON", "config.json",
+        lambda c: _cli_model(c, _write(c.model_copy() / CONFIG, "{not json"))),
+    Row("absurd config.json values", "load_model", "must be at most 2048", "config.json",
+        lambda c: edit_config(c.model_copy(), base_channels=10**6)),
+    Row("config.json too deep to build", "load_model", "must be at most 32", "config.json",
+        lambda c: edit_config(c.model_copy(), num_res_blocks=10**6)),
+    Row("weights of the wrong shape", "load_model", "has shape", "model-",
+        lambda c: wrong_shapes(c.model_copy())),
+    Row("corrupt safetensors", "load_model", "corrupt safetensors", WEIGHTS,
+        lambda c: _write(c.model_copy() / WEIGHTS, "garbage").parent),
+    Row("model for 4 input channels", "cli", "expects 4", "tiny4",
+        lambda c: _cli_model(c, c.models["tiny4"])),
+    Row("pickle .pt checkpoint", "cli-subprocess", "refusing to load", "model.pt",
+        lambda c: _cli_model(c, _evil_model_folder(c))),
+    Row("pickle .pt checkpoint", "load_pt_weights", "refusing to load", "evil.pt",
+        lambda c: evil_pt(c.tmp / "evil.pt")),
+    Row("--model is a file", "cli", "is a file", "--model",
+        lambda c: _cli_model(c, evil_pt(c.tmp / "evil.pt"))),
     # --- run settings
-    Row(
-        "ensemble 0",
-        "cli",
-        "must be >= 1",
-        "--ensemble",
-        lambda c: _cli_segment(c, "--ensemble", "0"),
-    ),
-    Row(
-        "steps 0",
-        "cli-subprocess",
-        "must be >= 1",
-        "--steps",
-        lambda c: _cli_segment(c, "--steps", "0"),
-    ),
-    Row("ensemble 0", "SamplerConfig", "between 1 and 32", "--ensemble", lambda c: {"ensemble": 0}),
+    Row("ensemble 0", "cli", "must be >= 1", "--ensemble",
+        lambda c: _cli_segment(c, "--ensemble", "0")),
+    Row("steps 0", "cli-subprocess", "must be >= 1", "--steps",
+        lambda c: _cli_segment(c, "--steps", "0")),
+    Row("ensemble 0", "SamplerConfig", "between 1 and 32", "--ensemble",
+        lambda c: {"ensemble": 0}),
     Row("steps 0", "SamplerConfig", "between 1 and 1000", "--steps", lambda c: {"steps": 0}),
-    Row(
-        "unknown sampler",
-        "cli",
-        "unknown sampler 'euler'",
-        "--sampler",
-        lambda c: _cli_segment(c, "--sampler", "euler"),
-    ),
-    Row(
-        "unknown fusion",
-        "SamplerConfig",
-        "unknown fusion 'median'",
-        "--fusion",
-        lambda c: {"fusion": "median"},
-    ),
-    Row(
-        "2-D image to a volume scope",
-        "segmenter",
-        "needs 3 or 4 dimensions",
-        "image",
-        lambda c: lambda: list(c.segmenter.segment_volume(np.zeros((8, 8), np.float32))),
-    ),
-    Row(
-        "--slices outside the volume",
-        "cli",
-        "outside",
-        "--slices",
-        lambda c: _cli_segment(c, "--slices", "2:99"),
-    ),
-    Row(
-        "bad --ct-window",
-        "cli",
-        "expected CENTER,WIDTH",
-        "--ct-window",
-        lambda c: _cli_segment(c, "--ct-window", "soft"),
-    ),
+    Row("unknown sampler", "cli", "unknown sampler 'euler'", "--sampler",
+        lambda c: _cli_segment(c, "--sampler", "euler")),
+    Row("unknown fusion", "SamplerConfig", "unknown fusion 'median'", "--fusion",
+        lambda c: {"fusion": "median"}),
+    Row("2-D image to a volume scope", "segmenter", "needs 3 or 4 dimensions", "image",
+        lambda c: lambda: list(c.segmenter.segment_volume(np.zeros((8, 8), np.float32)))),
+    Row("--slices outside the volume", "cli", "outside", "--slices",
+        lambda c: _cli_segment(c, "--slices", "2:99")),
+    Row("bad --ct-window", "cli", "expected CENTER,WIDTH", "--ct-window",
+        lambda c: _cli_segment(c, "--ct-window", "soft")),
 ]
+# fmt: on
 
 
 def _truncate(path: Path) -> Path:
@@ -731,7 +478,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def run_cli_subprocess(argv: list[str], cwd: Path) -> tuple[int, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "napari_medsegdiff", *argv],
         cwd=cwd,
@@ -750,6 +497,20 @@ def leftovers(folder: Path) -> list[str]:
         for p in folder.rglob("*")
         if ".tmp" in p.name or ".probe" in p.name or ".old-" in p.name
     )
+
+
+SEEN: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dump_matrix():
+    """With MEDSEGDIFF_MATRIX_OUT=path, write the messages seen as a Markdown table."""
+    yield
+    target = os.environ.get("MEDSEGDIFF_MATRIX_OUT")
+    if target and SEEN:
+        rows = [f"| {c} | {e} | `{m}` |" for c, e, m in SEEN]
+        table = ["| case | entry point | message |", "|---|---|---|", *rows]
+        Path(target).write_text("\n".join(table) + "\n")
 
 
 @pytest.mark.parametrize(
@@ -780,6 +541,7 @@ def test_bad_input_gives_one_clear_error(row: Row, ctx: Ctx, capsys):
         assert "\n" not in message
     assert row.message in message, message
     assert names in message, message
+    SEEN.append((row.case, row.entry, message.replace(str(ctx.tmp), "<tmp>")))
     assert not list(ctx.tmp.rglob("PWNED"))  # nothing was unpickled
     for path in ctx.absent:
         assert not path.exists(), f"partial output {path} left behind"
@@ -820,7 +582,9 @@ def _fast() -> SamplerConfig:
 
 
 def _segment_shape(ctx: Ctx, shape) -> str:
-    result = list(ctx.segmenter.segment_volume(np.random.rand(*shape), sampler=_fast()))
+    result = list(
+        ctx.segmenter.segment_volume(np.random.default_rng(0).random(shape), sampler=_fast())
+    )
     assert [r.mask.shape for r in result] == [shape[1:]] * shape[0]
     return f"segmented: resized to the model size and back to {shape[1:]}"
 
@@ -863,7 +627,10 @@ def _constant(ctx: Ctx) -> str:
 def _two_d_image(ctx: Ctx) -> str:
     for shape in ((1, 1), (3, 2), (5, 4)):
         assert (
-            ctx.segmenter.segment_image(np.random.rand(*shape), sampler=_fast()).mask.shape == shape
+            ctx.segmenter.segment_image(
+                np.random.default_rng(0).random(shape), sampler=_fast()
+            ).mask.shape
+            == shape
         )
     return "segment_image works for 1x1, 3x2 and 5x4"
 
@@ -888,3 +655,74 @@ ACCEPTED: list[tuple[str, str, Callable[[Ctx], Any]]] = [
 def test_accepted_odd_input(case, entry, check, ctx: Ctx):
     check(ctx)
     assert not leftovers(ctx.tmp)
+
+
+# ------------------------------------------------------------- untrusted checkpoints
+def _torch_evil(path: Path) -> Path:
+    """A zip-format torch checkpoint whose unpickling would create a file."""
+    torch.save({"weight": Evil(str(path.parent / "PWNED"))}, path)
+    return path
+
+
+@pytest.mark.parametrize("make", [evil_pt, _torch_evil], ids=["pickle", "torch.save"])
+def test_untrusted_checkpoints_never_execute(make, tmp_path, models, capsys):
+    only_pt = tmp_path / "only-pt"
+    only_pt.mkdir()
+    make(only_pt / "model.pt")
+    with pytest.raises(MedSegDiffError, match=r"config\.json is missing"):
+        load_model(only_pt)  # a folder holding only the .pt
+    with_config = tmp_path / "with-config"
+    with_config.mkdir()
+    (with_config / CONFIG).write_bytes((models["tiny"] / CONFIG).read_bytes())
+    make(with_config / "model.pt")
+    with pytest.raises(MedSegDiffError, match=r"model\.pt: refusing to load"):
+        load_model(with_config)  # config.json + .pt: the .pt is read weights-only
+    with pytest.raises(MedSegDiffError, match="refusing to load"):
+        load_pt_weights(with_config / "model.pt")
+    scan = saved(tmp_path / "scan.nii.gz", np.zeros((8, 8, 2), np.float32))
+    for model in (only_pt, with_config, with_config / "model.pt"):
+        code, err = run_cli(
+            ["segment", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(model), *QUICK],
+            capsys,
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("PWNED"))
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_model_store_writes_only_safetensors_and_json(tmp_path, models):
+    from napari_medsegdiff.finetune import finetune
+
+    cfg = preset("tiny")
+    save_model(tmp_path / "store" / "saved", build_model(cfg).state_dict(), cfg)
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    labels = np.zeros((3, 32, 32), np.int64)
+    labels[:, 8:20, 8:20] = 1
+    result = finetune(
+        models["tiny"],
+        image,
+        labels,
+        slices=[0, 1],
+        steps=2,
+        batch_size=2,
+        device="cpu",
+        store=tmp_path / "store",
+    )
+    files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert result.path.parent == tmp_path / "store" and files
+    assert {p.suffix for p in files} <= {".safetensors", ".json"}, files
+    assert [v.name for v in ModelStore(tmp_path / "store").versions()].count(result.path.name) == 1
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".")]
+
+
+def test_export_twice_gives_identical_bytes(tmp_path):
+    """Same labels -> same file bytes (no gzip time stamp or temp name inside)."""
+    vol = read_volume(saved(tmp_path / "scan.nii.gz", np.zeros((9, 8, 5), np.float32)))
+    labels = np.zeros(vol.data.shape, np.uint8)
+    labels[1:3, 2:5, 1:6] = 4
+    for suffix in (".nii.gz", ".nii"):
+        first = write_labels(labels, vol, tmp_path / f"a{suffix}").read_bytes()
+        time.sleep(1.1)  # gzip stores seconds
+        second = write_labels(labels, vol, tmp_path / f"b{suffix}").read_bytes()
+        again = write_labels(labels, vol, tmp_path / f"b{suffix}", overwrite=True).read_bytes()
+        assert first == second == again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -138,6 +139,12 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+def _kind(message: str) -> str:
+    """The kind of refusal, for the statistics (file name and numbers dropped)."""
+    text = re.sub(r"\d+(\.\d+)?", "N", message.split(": ", 1)[-1])
+    return re.split(r"[;(\[]", text)[0].strip()[:40]
+
+
 def _check_one(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,7 +153,7 @@ def _check_one(path: Path) -> None:
         except MedSegDiffError as exc:
             message = str(exc)
             assert path.name in message and "\n" not in message, message
-            event("refused: " + message.split(": ", 1)[-1].split("(")[0].split(" ")[0:3].__str__())
+            event("refused: " + _kind(message))
             return
     event("read")
     assert vol.data.ndim in (3, 4) and vol.data.dtype == np.float32

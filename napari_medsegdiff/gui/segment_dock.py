@@ -122,6 +122,13 @@ class SegmentDock(SegmentControls):
         indices = [0] if two_d else list(slices) if slices is not None else None
         if indices is None:
             indices = self._selected_slices(image)
+        for name in L.result_names(image.name):  # results must land where the dock looks
+            clash = L.find_layer(self.viewer, name)
+            if clash is not None and tuple(clash.data.shape) != tuple(shape):
+                raise InputError(
+                    f"a layer named {name!r} already exists with shape {clash.data.shape}, "
+                    f"not {shape}: rename or remove it, then run again"
+                )
         mask = self.mask_layer()
         keep = self.keep_corrections.isChecked()
         if keep and mask is not None:
