@@ -77,7 +77,12 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
         with nib.imageglobals.LoggingOutputSuppressor():
             img = nib.load(path)
     except _READ_ERRORS as exc:
-        raise InputError(f"{name}: not a NIfTI file ({_sniff(path) or _short(exc)})") from exc
+        why = _sniff(path)
+        if why is None:  # NIfTI magic and size, but fields nibabel cannot use
+            raise InputError(
+                f"{name}: unsupported or corrupt NIfTI header ({_short(exc)})"
+            ) from exc
+        raise InputError(f"{name}: not a NIfTI file ({why})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{name}: not a NIfTI-1/2 image ({type(img).__name__})")
     hdr = img.header
@@ -85,7 +90,9 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
     disk_dtype = hdr.get_data_dtype()
     if len(shape) < 3 or len(shape) > 4:
         raise InputError(f"{name}: {len(shape)}-D image {shape}; need 3-D or 4-D (channels)")
-    if any(n <= 0 for n in shape):
+    if any(n < 0 for n in shape):
+        raise InputError(f"{name}: negative dimension in shape {shape} (corrupt header)")
+    if any(n == 0 for n in shape):
         raise InputError(f"{name}: zero-length dimension in shape {shape}")
     if disk_dtype.kind == "c":
         raise InputError(f"{name}: complex data ({disk_dtype}) is not supported")

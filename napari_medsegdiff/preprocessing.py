@@ -35,6 +35,10 @@ def _scale(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+#: Above this many voxels, intensity percentiles are estimated from a slice subsample.
+PERCENTILE_SAMPLE = 16_000_000
+
+
 def _percentile_range(
     channel: np.ndarray, low: float, high: float, mask: np.ndarray | None
 ) -> tuple[float, float] | None:
@@ -43,6 +47,11 @@ def _percentile_range(
     Falls back to all finite voxels when the selection is empty or constant; ``None`` if
     the volume has no finite voxels or is constant.
     """
+    if channel.ndim == 3 and channel.size > PERCENTILE_SAMPLE:
+        # Large volumes: percentiles from every k-th slice keep memory near the volume size.
+        step = int(np.ceil(channel.size / PERCENTILE_SAMPLE))
+        channel = channel[::step]
+        mask = mask[::step] if mask is not None else None
     finite = np.isfinite(channel)
     chosen = finite & (mask if mask is not None else channel != 0)
     for selection in (chosen, finite):
