@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         volume = rng.normal(size=(2, slice_size, slice_size)).astype(np.float32)
         image = torch.as_tensor(seg.prepare(rng.normal(size=(1, size, size)))[:1])
+        our_way(seg, volume[:1], 1, 2)  # warm-up: imports, scheduler set-up, allocator
+        reference_way(model, cfg, image, 1, 2)
         for ensemble, steps in grid:
             ours = our_way(seg, volume, ensemble, steps)
             ref = reference_way(model, cfg, image, ensemble, steps)
