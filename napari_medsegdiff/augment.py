@@ -44,26 +44,25 @@ def random_affine(
     return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
 
 
+def resample(
+    image: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample image (N, C, H, W) bilinearly and labels (N, H, W) nearest at ``grid``.
+
+    Outside the image, the image takes its own minimum and labels background (0).
+    """
+    fill = image.amin(dim=(2, 3), keepdim=True)
+    warped = F.grid_sample(image - fill, grid, mode="bilinear", align_corners=False) + fill
+    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", align_corners=False)
+    return warped, lab[:, 0].round().long()
+
+
 def warp(
     image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply affine ``theta`` (N, 2, 3): image (N, C, H, W) bilinear, labels (N, H, W) nearest."""
     grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
-    fill = image.amin(dim=(2, 3), keepdim=True)
-    warped = (
-        F.grid_sample(
-            image - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        + fill
-    )
-    lab = (
-        F.grid_sample(
-            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-        )[:, 0]
-        .round()
-        .long()
-    )
-    return warped, lab
+    return resample(image, labels, grid)
 
 
 def _smooth_field(
@@ -82,21 +81,7 @@ def elastic_warp(
     disp = _smooth_field(n, 2, (h, w), g).permute(0, 2, 3, 1) * amplitude * 2
     theta = torch.eye(2, 3).expand(n, 2, 3)
     grid = F.affine_grid(theta.to(image), [n, 1, h, w], align_corners=False) + disp.to(image)
-    fill = image.amin(dim=(2, 3), keepdim=True)
-    warped = (
-        F.grid_sample(
-            image - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        + fill
-    )
-    lab = (
-        F.grid_sample(
-            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-        )[:, 0]
-        .round()
-        .long()
-    )
-    return warped, lab
+    return resample(image, labels, grid)
 
 
 def augment_batch(

@@ -8,8 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
 
@@ -285,9 +283,3 @@ def run_demo(args: argparse.Namespace) -> int:
         ) from None
     launch_demo()
     return 0
-
-
-def mean_dice(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[int, float]:
-    from napari_medsegdiff.metrics import dice
-
-    return {k: dice(pred == k, truth == k) for k in labels}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from napari_medsegdiff.devices import autocast, is_out_of_memory, released_memor
 from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, make_scheduler
 from napari_medsegdiff.diffusion.schedule import NoiseSchedule
 from napari_medsegdiff.ensemble import fuse, member_probabilities
-from napari_medsegdiff.errors import Cancelled, InputError
+from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback
 
 STATE_TENSORS = "training_state.safetensors"
@@ -59,10 +58,6 @@ class TrainResult:
     val_dice: list[tuple[int, float]] = field(default_factory=list)
     best_dice: float | None = None
     cancelled: bool = False
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 _MASK64 = (1 << 64) - 1
@@ -597,12 +592,3 @@ def train(
         best_dice=history.get("best_dice"),
         cancelled=cancelled,
     )
-
-
-def raise_if_cancelled(result: TrainResult) -> None:
-    if result.cancelled:
-        raise Cancelled("training cancelled")
-
-
-def seconds_since(start: float) -> float:
-    return time.perf_counter() - start
