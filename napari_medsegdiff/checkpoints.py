@@ -8,7 +8,11 @@ in the same parent, renamed into place), so a crash never leaves a half-written 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +31,11 @@ import torch
 from napari_medsegdiff import __version__
 from napari_medsegdiff.config import ModelConfig
 from napari_medsegdiff.errors import InputError, ModelError
+
+
+class FolderExistsError(InputError):
+    """The model folder is already there (or was taken by another writer meanwhile)."""
+
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -216,7 +225,9 @@ def save_model(
 
     folder = Path(folder)
     if folder.exists() and not overwrite:
-        raise InputError(f"{folder}: already exists; pass --overwrite or choose another --out")
+        raise FolderExistsError(
+            f"{folder}: already exists; pass --overwrite or choose another --out"
+        )
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder")
     parent = folder.parent
@@ -241,13 +252,13 @@ def save_model(
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         _fsync_dir(tmp)
-        if folder.exists():
-            old = parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+        if overwrite and folder.exists():
+            _swap_into_place(tmp, folder)
         else:
-            os.replace(tmp, folder)
+            _claim_and_fill(tmp, folder)
+    except FolderExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as exc:  # disk full, permissions: one clear line, no half version
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{folder}: cannot write the model ({exc.strerror or exc})") from None
@@ -255,6 +266,75 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _claim_and_fill(tmp: Path, folder: Path) -> None:
+    """Move the finished ``tmp`` to ``folder`` only if nobody else has that name.
+
+    ``os.mkdir`` is the exclusive claim: of two writers racing for one name exactly one
+    creates the (empty) folder; the winner then renames its finished folder onto its own
+    empty claim (POSIX rename replaces an empty directory atomically). A folder this call
+    did not create is never replaced.
+    """
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        raise FolderExistsError(f"{folder}: already exists; choose another --out") from None
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # give the name back
+        raise
+
+
+def _swap_into_place(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``tmp`` so that a kill at any moment leaves one complete folder.
+
+    Linux: one ``renameat2(RENAME_EXCHANGE)`` swaps the two folders atomically, then the
+    old contents (now in ``tmp``) are deleted. Elsewhere: two renames, with the old
+    folder restored if the second fails.
+    """
+    if _exchange(tmp, folder):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False  # filesystem or kernel without RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -304,13 +384,37 @@ class ModelStore:
         """A fresh, readable version folder name: ``<base>-ft-YYYYmmdd-HHMMSS[-n]``."""
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", base_name).strip("._") or "model"
         stem = re.sub(r"-ft-\d{8}-\d{6}(-\d+)?$", "", stem)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = _version_stamp()
         candidate = self.root / f"{stem}-ft-{stamp}"
         n = 1
         while candidate.exists():
             n += 1
             candidate = self.root / f"{stem}-ft-{stamp}-{n}"
         return candidate
+
+    def save_version(
+        self,
+        base_name: str,
+        state: Mapping[str, torch.Tensor],
+        config: ModelConfig,
+        **kwargs: Any,
+    ) -> Path:
+        """Save a new version under a fresh name; never replaces another writer's version.
+
+        Two saves that pick the same name (same second) both succeed: the loser of the
+        exclusive claim takes the next free suffix.
+        """
+        for _ in range(100):
+            try:
+                return save_model(self.new_version_path(base_name), state, config, **kwargs)
+            except FolderExistsError:
+                continue
+        raise InputError(f"{self.root}: could not find a free version name")
+
+
+def _version_stamp() -> str:
+    """Local time to the second, the readable part of a version name."""
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def list_models(store: ModelStore | None = None) -> list[ModelEntry]:

@@ -28,7 +28,6 @@ from napari_medsegdiff.checkpoints import (
     file_sha256,
     load_model,
     resolve_model,
-    save_model,
 )
 from napari_medsegdiff.config import TrainConfig
 from napari_medsegdiff.data import SliceSet, slices_from_volume, split_holdout
@@ -238,21 +237,10 @@ def finetune(
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         meta = {"base": info.name, "partial": result.cancelled, "val_dice": result.best_dice}
-        path = _save_new_version(store, info.name, state, cfg, meta, provenance)
+        path = store.save_version(info.name, state, cfg, meta=meta, provenance=provenance)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return FinetuneResult(path, provenance)
-
-
-def _save_new_version(store: ModelStore, base_name: str, state, cfg, meta, provenance) -> Path:
-    for _ in range(20):
-        target = store.new_version_path(base_name)
-        try:
-            return save_model(target, state, cfg, meta=meta, provenance=provenance)
-        except (InputError, OSError):
-            if not target.exists():
-                raise
-    raise InputError(f"{store.root}: could not find a free version name")
 
 
 def finetune_files(args: argparse.Namespace) -> str:

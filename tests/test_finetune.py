@@ -111,7 +111,23 @@ def test_cancel_saves_a_partial_version(trained_tiny, tmp_path):
     assert ModelStore(tmp_path / "s").versions()[0].partial
 
 
-def test_two_finetunes_at_once_write_two_versions(trained_tiny, tmp_path):
+def test_two_finetunes_at_once_write_two_versions(trained_tiny, tmp_path, monkeypatch):
+    """Force the collision: both runs pick the same version name before either claims it."""
+    from napari_medsegdiff import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_version_stamp", lambda: "20260101-000000")
+    picked = threading.Barrier(2, timeout=120)
+    original = checkpoints.ModelStore.new_version_path
+    first_pick = threading.local()
+
+    def new_version_path(self, base_name):
+        path = original(self, base_name)
+        if not getattr(first_pick, "done", False):
+            first_pick.done = True
+            picked.wait()  # both threads hold the same candidate name here
+        return path
+
+    monkeypatch.setattr(checkpoints.ModelStore, "new_version_path", new_version_path)
     image, labels = _shifted_volume(4)
     store = ModelStore(tmp_path / "store")
     results, errors = [], []
@@ -141,6 +157,11 @@ def test_two_finetunes_at_once_write_two_versions(trained_tiny, tmp_path):
     assert not errors
     paths = {r.path for r in results}
     assert len(paths) == 2 and {e.path for e in store.versions()} == paths
+    first, second = sorted(p.name for p in paths)
+    assert first.endswith("-ft-20260101-000000") and second == f"{first}-2"
+    for result in results:  # each folder holds the run that reported it
+        saved = json.loads((result.path / "provenance.json").read_text())
+        assert saved["losses"] == result.provenance["losses"]
 
 
 def test_refuses_without_usable_slices(trained_tiny, tmp_path):
