@@ -1,4 +1,4 @@
-"""``medsegdiff`` command line: train | segment | finetune | evaluate | demo.
+"""``medsegdiff`` command line: train | segment | finetune | suggest | evaluate | demo.
 
 Each subcommand parses its arguments, then calls one engine function. User errors print
 one line (``medsegdiff: error: ...``) and exit with status 2; no traceback.
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_medsegdiff import __version__
+from napari_medsegdiff.config import FINETUNE_LR as DEFAULT_LR
+from napari_medsegdiff.config import FINETUNE_STEPS as DEFAULT_STEPS
 from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
 
 
@@ -134,14 +136,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's original proposal; slices that differ are used",
     )
     ft.add_argument("--slices", default=None, help="START:STOP or a,b,c (default: corrected)")
-    ft.add_argument("--steps", type=_positive_int, default=200)
-    ft.add_argument("--lr", type=float, default=5e-5)
+    ft.add_argument(
+        "--new-model",
+        action="store_true",
+        help="start a new model for exactly the classes in --labels (background included), "
+        "reusing the base model's image weights; without it, label values above the base "
+        "model's classes add classes",
+    )
+    ft.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help=f"optimiser steps (default {DEFAULT_STEPS}, chosen by benchmarks/finetune.py)",
+    )
+    ft.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"default {DEFAULT_LR:g}")
     ft.add_argument("--batch-size", type=_positive_int, default=4)
     ft.add_argument("--device", default="auto")
-    ft.add_argument("--out", default=None, help="model store folder (default: per-user store)")
+    ft.add_argument(
+        "--out",
+        default=None,
+        help="the new model folder (must not exist or be empty; use it as --model DIR); "
+        "default: a new version in the per-user model store",
+    )
     ft.add_argument("--freeze-condition", action="store_true")
     ft.add_argument("--replay", action="store_true", help="mix in the sample training slices")
     ft.add_argument("--seed", type=int, default=0)
+
+    sg = sub.add_parser("suggest", help="which slices to correct first (ensemble disagreement)")
+    sg.add_argument("image", nargs="+", help="scan NIfTI file(s) (channels)")
+    sg.add_argument("--model", default=None, help="model folder or stored version")
+    sg.add_argument("--count", type=_positive_int, default=5, help="how many slices (default 5)")
+    sg.add_argument("--ct-window", default=None, help="CENTER,WIDTH in HU for CT")
+    sg.add_argument("--device", default="auto")
+    sg.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predictions against truth")
     ev.add_argument("--pred", required=True, help="labels NIfTI or folder")

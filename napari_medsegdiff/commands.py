@@ -127,6 +127,26 @@ def _tqdm_or_none(total: int, desc: str, enabled: bool):
     return _tqdm(total, desc, "slice")
 
 
+def _tqdm_progress(desc: str, unit: str):
+    """A progress callback drawing one tqdm bar (created at the first report)."""
+    state: dict = {}
+
+    def on_progress(p) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = _tqdm_or_none(p.total, desc, True)
+            if bar is not None:
+                bar.unit = unit
+        if bar is not None:
+            bar.n = p.done
+            bar.set_postfix_str(p.message[-40:] if p.message else "", refresh=False)
+            bar.refresh()
+            if p.done >= p.total:
+                bar.close()
+
+    return on_progress
+
+
 def run_segment(args: argparse.Namespace) -> int:
     sampler = SamplerConfig(
         sampler=args.sampler,
@@ -244,9 +264,53 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from napari_medsegdiff.finetune import finetune_files
+    from napari_medsegdiff.segmenter import parse_slices
 
-    result = finetune_files(args)
-    _echo(result)
+    slices = None
+    if args.slices:
+        from napari_medsegdiff.nifti import read_volume
+
+        depth = read_volume(args.labels).data.shape[0]
+        slices = parse_slices(args.slices, depth)
+    settings = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
+    result = finetune_files(
+        args.image,
+        args.labels,
+        proposal_path=args.proposal,
+        slices=slices,
+        model=args.model,
+        new_model=args.new_model,
+        out=args.out,
+        device=args.device,
+        seed=args.seed,
+        replay=args.replay,
+        freeze_condition=args.freeze_condition,
+        on_progress=_tqdm_progress("fine-tune", "step"),
+        **settings,
+    )
+    line = result.classes_line()
+    if line:
+        _echo(line)
+    _echo(result.summary())
+    return 0
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.suggest import suggest_slices
+
+    volume = read_volume(args.image if len(args.image) > 1 else args.image[0])
+    suggestion = suggest_slices(
+        args.model,
+        volume.data,
+        count=args.count,
+        device=args.device,
+        seed=args.seed,
+        window=_parse_window(args.ct_window),
+        on_progress=_tqdm_progress("scoring slices", "slice"),
+    )
+    _echo(suggestion.describe())
+    print(",".join(str(z) for z in suggestion.slices), flush=True)
     return 0
 
 

@@ -27,6 +27,10 @@ PRESETS: tuple[str, ...] = ("tiny", "lite", "base", "plus")
 
 T = TypeVar("T")
 
+# Fine-tuning defaults, chosen by benchmarks/finetune.py (BENCHMARKS.md, "Fine-tuning").
+FINETUNE_STEPS = 200
+FINETUNE_LR = 5e-5
+
 
 def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     """Build a frozen dataclass from JSON data, rejecting unknown keys by name."""

@@ -1,0 +1,124 @@
+"""Change the classes a model segments: grow the mask head, or build one for a new task.
+
+The mask (K channels) enters a MedSegDiff network in exactly three places: the V2 anchor
+head (condition UNet, out channels K), the mask branch's stem (in channels K) and its
+output convolution (out channels K). Every tensor whose shape depends on K is found by
+comparing the state dicts of the K- and K'-class networks, so this works for V1 and V2
+and for any preset.
+
+* :func:`grow_classes` keeps the old classes bit for bit (channels ``0..K-1``) and starts
+  each new output channel as a copy of a *parent* class (the class the new structure was
+  part of before: usually background); new input channels start at zero, so the network
+  initially ignores them.
+* :func:`new_task_head` keeps the image/condition weights and builds the mask head for the
+  user's classes: background from the old background, every foreground class from the
+  mean of the old foreground channels.
+
+A binary model (K = 1, foreground logit) becomes one-hot (background = -foreground).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from napari_medsegdiff.config import ModelConfig
+from napari_medsegdiff.errors import InputError
+
+Tensor = torch.Tensor
+MAX_CLASSES = 64
+
+
+def _k_axes(cfg: ModelConfig) -> dict[str, int]:
+    """Tensors whose shape follows K (the mask channels): name -> the axis of K."""
+    from napari_medsegdiff.model import build_model
+
+    with torch.device("meta"):
+        old = build_model(cfg).state_dict()
+        new = build_model(_with_k(cfg, cfg.mask_channels + 1)).state_dict()
+    out = {}
+    for name, tensor in old.items():
+        axes = [a for a, (o, n) in enumerate(zip(tensor.shape, new[name].shape)) if o != n]
+        if len(axes) > 1:
+            raise InputError(f"cannot change the classes of tensor {name!r}")
+        if axes:
+            out[name] = axes[0]
+    return out
+
+
+def _is_input(tensor: Tensor, axis: int) -> bool:
+    """The stem convolution reads the mask: K is its input axis."""
+    return axis == 1 and tensor.ndim == 4
+
+
+def _with_k(cfg: ModelConfig, k: int) -> ModelConfig:
+    return ModelConfig.from_dict({**cfg.to_dict(), "mask_channels": k})
+
+
+def _one_hot_rows(tensor: Tensor, axis: int) -> list[Tensor]:
+    """Per-class slices along ``axis``. A binary model's one channel becomes
+    [-fg, fg] on the output side and [0, fg] on the input side (stem)."""
+    rows = list(tensor.unbind(axis))
+    if len(rows) == 1:
+        background = torch.zeros_like(rows[0]) if _is_input(tensor, axis) else -rows[0]
+        rows = [background, rows[0]]
+    return rows
+
+
+def grow_classes(
+    state: Mapping[str, Tensor],
+    cfg: ModelConfig,
+    classes: int,
+    parents: Mapping[int, int] | None = None,
+) -> tuple[dict[str, Tensor], ModelConfig]:
+    """Grow the mask head from ``cfg.num_classes`` to ``classes`` (background included).
+
+    Old channels keep their weights; a new class ``c`` starts as a copy of
+    ``parents.get(c, 0)`` on the output side and at zero on the input side (stem).
+    """
+    old_k = cfg.num_classes
+    if not old_k < classes <= MAX_CLASSES:
+        raise InputError(f"cannot grow a {old_k}-class model to {classes} classes")
+    parents = dict(parents or {})
+    out = {k: v.clone() for k, v in state.items()}
+    for name, axis in _k_axes(cfg).items():
+        rows = _one_hot_rows(state[name], axis)
+        stem = _is_input(state[name], axis)
+        for c in range(len(rows), classes):
+            parent = parents.get(c, 0)
+            rows.append(torch.zeros_like(rows[0]) if stem else rows[parent].clone())
+        out[name] = torch.stack(rows, axis).contiguous()
+    return out, _with_k(cfg, classes)
+
+
+def new_task_head(
+    state: Mapping[str, Tensor], cfg: ModelConfig, classes: int
+) -> tuple[dict[str, Tensor], ModelConfig]:
+    """A mask head for exactly ``classes`` classes (background included, at least 2):
+    background from the old background, each foreground class from the mean of the old
+    foreground channels; the image/condition weights are kept."""
+    if not 2 <= classes <= MAX_CLASSES:
+        raise InputError(f"a new model needs 2..{MAX_CLASSES} classes, got {classes}")
+    out = {k: v.clone() for k, v in state.items()}
+    for name, axis in _k_axes(cfg).items():
+        rows = _one_hot_rows(state[name], axis)
+        foreground = torch.stack(rows[1:]).mean(0)
+        fresh = [rows[0]] + [foreground.clone() for _ in range(classes - 1)]
+        out[name] = torch.stack(fresh, axis).contiguous()
+    return out, _with_k(cfg, classes)
+
+
+def class_names(meta: Mapping, classes: int) -> dict[int, str]:
+    """Class names from a model's ``config.json`` meta (``classes``), else ``class N``."""
+    given = meta.get("classes") if isinstance(meta, Mapping) else None
+    names = {0: "background"}
+    if isinstance(given, Mapping):
+        for key, value in given.items():
+            try:
+                names[int(key)] = str(value)
+            except (TypeError, ValueError):
+                continue
+    elif isinstance(given, Sequence) and not isinstance(given, str):
+        names.update({i: str(v) for i, v in enumerate(given)})
+    return {c: names.get(c, f"class {c}") for c in range(classes)}
