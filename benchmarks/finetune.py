@@ -80,9 +80,7 @@ def run_one(
         before_what = "base model"
     start = time.perf_counter()
     store = tempfile.mkdtemp(prefix="ft-bench-")
-    kwargs = {"steps": args.steps, "lr": args.lr} if args.steps else {}
-    if args.lr and not args.steps:
-        kwargs = {"lr": args.lr}
+    kwargs = {k: v for k, v in settings(args).items() if v is not None}
     result = finetune(
         base,
         sc.image,
@@ -114,6 +112,18 @@ def run_one(
     return {"before": before, "after": after, "wall": wall, "extra": extra}
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """Fine-tune settings given on the command line (None = the product default)."""
+    return {
+        "steps": args.steps or None,
+        "lr": args.lr or None,
+        "class_balance": args.class_balance,
+        "freeze_condition": args.freeze_condition or None,
+        "holdout": args.holdout,
+        "head_lr_scale": args.head_lr_scale,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="all", choices=["all", "suggest", *SCENARIOS])
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corrected", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help=f"default {DEFAULT_STEPS}")
     parser.add_argument("--lr", type=float, default=0.0, help=f"default {DEFAULT_LR}")
+    parser.add_argument("--class-balance", type=float, default=None)
+    parser.add_argument("--holdout", type=float, default=None)
+    parser.add_argument("--head-lr-scale", type=float, default=None)
+    parser.add_argument("--freeze-condition", action="store_true")
     parser.add_argument("--eval-slices", type=int, default=10)
     parser.add_argument("--ensemble", type=int, default=5)
     parser.add_argument("--sampling-steps", type=int, default=20)

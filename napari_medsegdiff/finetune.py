@@ -30,11 +30,23 @@ from napari_medsegdiff.checkpoints import (
     resolve_model,
     save_model,
 )
-from napari_medsegdiff.config import FINETUNE_LR, FINETUNE_STEPS, TrainConfig
+from napari_medsegdiff.config import (
+    FINETUNE_CLASS_BALANCE,
+    FINETUNE_HEAD_LR_SCALE,
+    FINETUNE_LR,
+    FINETUNE_STEPS,
+    TrainConfig,
+)
 from napari_medsegdiff.data import SliceSet, slices_from_volume, split_holdout
 from napari_medsegdiff.devices import choose_device
 from napari_medsegdiff.errors import Cancelled, InputError
-from napari_medsegdiff.heads import MAX_CLASSES, class_names, grow_classes, new_task_head
+from napari_medsegdiff.heads import (
+    MAX_CLASSES,
+    class_names,
+    grow_classes,
+    head_parameter_names,
+    new_task_head,
+)
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.progress import CancelToken, ProgressCallback
 from napari_medsegdiff.training import train, validate
@@ -194,6 +206,8 @@ def finetune(
     augment: bool = True,
     replay: bool = False,
     freeze_condition: bool = False,
+    class_balance: float = FINETUNE_CLASS_BALANCE,
+    head_lr_scale: float = FINETUNE_HEAD_LR_SCALE,
     new_model: bool = False,
     class_names: Mapping[int, str] | None = None,
     holdout: float = 0.2,
@@ -255,6 +269,9 @@ def finetune(
         seed=seed,
         augment=augment,
         freeze_condition=freeze_condition,
+        class_balance=class_balance,
+        head_params=head_parameter_names(cfg) if plan.mode != "keep" else (),
+        head_lr_scale=head_lr_scale,
     )
     aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
     scratch_root = target.parent if target is not None else store.root
@@ -300,6 +317,8 @@ def finetune(
             "batch_size": batch_size,
             "replay": replay,
             "freeze_condition": freeze_condition,
+            "class_balance": class_balance,
+            "head_lr_scale": head_lr_scale if plan.mode != "keep" else 1.0,
             "losses": [round(v, 6) for v in result.losses],
             "held_out_dice": result.val_dice,
             "held_out_dice_before": before,

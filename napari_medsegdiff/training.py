@@ -102,6 +102,7 @@ def diffusion_loss(
     *,
     mask_channels: int,
     aux_weight: float = 0.0,
+    class_balance: float = 0.0,
 ) -> torch.Tensor:
     """Mean training loss of a batch for explicit timesteps ``t`` and ``noise``.
 
@@ -113,10 +114,24 @@ def diffusion_loss(
     x0 = labels_to_mask(labels, mask_channels)
     x_t = schedule.add_noise(x0, noise, t)
     output = net(x_t, t, images)
-    loss = F.mse_loss(output.prediction.float(), schedule.target(x0, noise, t))
+    error = (output.prediction.float() - schedule.target(x0, noise, t)) ** 2
+    if class_balance:
+        error = error * class_weights(labels, mask_channels, class_balance)[:, None]
+    loss = error.mean()
     if aux_weight and output.anchor_logits is not None:
         loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), labels)
     return loss
+
+
+def class_weights(labels: torch.Tensor, mask_channels: int, power: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, H, W), (1 / class frequency in the batch) ** ``power``,
+    scaled to mean 1: a rare structure (a new class on a few slices) is not drowned by
+    background. labels (B, H, W)."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=max(2, mask_channels))
+    freq = counts.float() / counts.sum()
+    per_class = torch.where(counts > 0, freq.clamp_min(1e-4) ** -power, torch.zeros_like(freq))
+    weights = per_class[labels.long()]
+    return weights / weights.mean()
 
 
 def labels_to_mask(labels: torch.Tensor, mask_channels: int) -> torch.Tensor:
@@ -268,6 +283,20 @@ def _validate_ema(
     return total / len(val)
 
 
+def _param_groups(model: torch.nn.Module, tcfg: TrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters; those named in ``tcfg.head_params`` learn ``head_lr_scale``
+    times faster (a grown or new mask head starting from a copy)."""
+    head = set(tcfg.head_params)
+    plain, fast = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (fast if name in head else plain).append(p)
+    groups = [{"params": plain}]
+    if fast:
+        groups.append({"params": fast, "lr": tcfg.lr * tcfg.head_lr_scale})
+    return groups
+
+
 def _has_unused_parameters(
     model: torch.nn.Module,
     schedule: NoiseSchedule,
@@ -402,7 +431,7 @@ def train(
         for p in model.condition_parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, tcfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(model, tcfg.ema_decay)
     history: dict[str, Any] = {"loss": [], "val_dice": [], "best_dice": None}
     step = 0
@@ -508,6 +537,7 @@ def train(
                             noise[part],
                             mask_channels=cfg.mask_channels,
                             aux_weight=aux_weight,
+                            class_balance=tcfg.class_balance,
                         )
                     scaler.scale(loss * frac).backward()
                 loss_value += float(loss.detach()) * frac

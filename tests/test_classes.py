@@ -91,7 +91,7 @@ def test_tiny_model_learns_a_new_class(trained_tiny, tmp_path):
         images,
         labels,
         slices=list(range(12)),
-        steps=200,
+        steps=400,
         lr=2e-3,
         batch_size=8,
         device="cpu",
@@ -108,37 +108,38 @@ def test_tiny_model_learns_a_new_class(trained_tiny, tmp_path):
     results = list(seg.segment_volume(test_images, sampler=SamplerConfig(steps=10, ensemble=3)))
     core = [dice(r.mask == 2, test_labels[r.index] == 2) for r in results]
     whole = [dice(r.mask > 0, test_labels[r.index] > 0) for r in results]
-    assert np.mean(core) >= 0.7, core  # the new class was learned
-    assert np.mean(whole) >= 0.85, whole  # the old class did not collapse
+    assert np.mean(core) >= 0.65, core  # the new class was learned (0.80 when written)
+    assert np.mean(whole) >= 0.85, whole  # the old class did not collapse (0.94)
 
 
 @pytest.mark.slow
 def test_new_model_for_a_new_task(trained_tiny, tmp_path):
-    """From the ellipse model to a different task: only the dark left half of each ellipse."""
-    images, labels = ellipse_task(12, seed=4)
-    task = labels.copy()
-    task[:, :, 16:] = 0
+    """From the ellipse model to a different task: only the bright core of each ellipse."""
+    images, labels = _three_class_volume(12, seed=4)
+    task = (labels == 2).astype(np.int64)
     result = finetune(
         trained_tiny["path"],
         images,
         task,
         slices=list(range(12)),
         new_model=True,
-        steps=200,
+        steps=400,
         lr=2e-3,
         batch_size=8,
         device="cpu",
-        out=tmp_path / "left-half",
+        out=tmp_path / "core-only",
         holdout=0.0,
     )
     assert result.provenance["class_change"] == "new"
-    model, info = load_model(result.path)
-    assert info.config.mask_channels == 2
-    test_images, test_labels = ellipse_task(6, seed=78)
-    test_labels[:, :, 16:] = 0
+    _, info = load_model(result.path)
+    assert info.config.mask_channels == 2 and info.meta["classes"] == {
+        "0": "background",
+        "1": "class 1",
+    }
+    test_images, test_labels = _three_class_volume(6, seed=78)
     seg = Segmenter.load(result.path, "cpu")
     results = list(seg.segment_volume(test_images, sampler=SamplerConfig(steps=10, ensemble=3)))
-    scores = [dice(r.mask == 1, test_labels[r.index] == 1) for r in results]
+    scores = [dice(r.mask == 1, test_labels[r.index] == 2) for r in results]
     assert np.mean(scores) >= 0.7, scores
 
 
@@ -190,3 +191,38 @@ def test_provenance_names_added_classes(tmp_path, trained_tiny):
     saved = json.loads((result.path / "provenance.json").read_text())
     assert saved["added_classes"] == [2] and saved["classes"]["2"] == "class 2"
     assert saved["class_parents"]["2"] in (0, 1)
+
+
+@pytest.mark.slow
+def test_cli_finetune_out_is_a_model_folder_then_segment_and_suggest(
+    trained_tiny, tmp_path, capsys
+):
+    import nibabel as nib
+
+    from napari_medsegdiff.cli import main
+
+    images, labels = _three_class_volume(6, seed=9)
+    affine = np.diag([0.8, 0.9, 2.5, 1])
+    scan, corrected = tmp_path / "scan.nii.gz", tmp_path / "corrected.nii.gz"
+    # (x, y, z) on disk: axis 2 is the displayed axis 0 for an axial RAS volume.
+    nib.save(nib.Nifti1Image(np.transpose(images * 100, (2, 1, 0)), affine), scan)
+    nib.save(nib.Nifti1Image(np.transpose(labels, (2, 1, 0)).astype(np.uint8), affine), corrected)
+    model = tmp_path / "my-model"
+    common = ["--model", str(trained_tiny["path"]), "--image", str(scan)]
+    argv = ["finetune", *common, "--labels", str(corrected), "--slices", "0,2,4"]
+    argv += ["--steps", "3", "--device", "cpu", "--out", str(model)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "added 1 class(es) the base model did not have: 2 = class 2" in out
+    assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
+    assert json.loads((model / "provenance.json").read_text())["slices"] == [0, 2, 4]
+    assert main(argv) == 2  # the folder is now taken: refused, nothing overwritten
+    assert "not empty" in capsys.readouterr().err
+    mask = tmp_path / "mask.nii.gz"
+    seg = ["segment", str(scan), "-o", str(mask), "--model", str(model), "--slices", "1:3"]
+    assert main([*seg, "--ensemble", "2", "--steps", "2", "--device", "cpu"]) == 0
+    assert nib.load(mask).shape == nib.load(scan).shape
+    capsys.readouterr()
+    assert main(["suggest", str(scan), "--model", str(model), "--count", "2"]) == 0
+    picks = capsys.readouterr().out.strip().splitlines()[-1].split(",")
+    assert len(set(picks)) == 2 and all(0 <= int(z) < 6 for z in picks)
