@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "images",
         nargs="+",
-        help="NIfTI file(s): several co-registered files are "
-        "channels; a single folder segments every scan in it (a cohort)",
+        help="NIfTI file(s): several co-registered files are channels; a DICOM series "
+        "(folder, DICOMDIR or one of its files); a folder of NIfTI files segments every "
+        "scan in it (a cohort)",
+    )
+    seg.add_argument(
+        "--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several"
     )
     seg.add_argument(
         "-o", "--output", required=True, help="labels NIfTI to write (a folder for a cohort)"
@@ -126,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune a model on corrected labels")
     ft.add_argument("--model", default=None, help="base model (default: the shipped default)")
-    ft.add_argument("--image", nargs="+", required=True, help="scan NIfTI file(s) (channels)")
+    ft.add_argument(
+        "--image",
+        nargs="+",
+        required=True,
+        help="scan NIfTI file(s) (channels) or a DICOM series folder",
+    )
+    ft.add_argument(
+        "--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several"
+    )
     ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
     ft.add_argument(
         "--proposal",

@@ -245,10 +245,11 @@ def finetune(
 
 def finetune_files(args: argparse.Namespace) -> str:
     """CLI: read scan + corrected labels (+ proposal), fine-tune, describe the result."""
+    from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.nifti import read_volume
     from napari_medsegdiff.segmenter import parse_slices
 
-    volume = read_volume(args.image if len(args.image) > 1 else args.image[0])
+    volume = read_scan(args.image, series=getattr(args, "series", None))
     labels_vol = read_volume(args.labels)
     if not volume.geometry.same_space(labels_vol.geometry):
         raise InputError(
