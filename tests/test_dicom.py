@@ -27,6 +27,7 @@ from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.inputs import read_scan
 from napari_medsegdiff.nifti import write_labels
 
+UID = "1.2.826.0.1.3680043.2.1125.7.1"  # write_series' default SeriesInstanceUID
 CASES = {
     "axial": {"direction": AXIAL},
     "coronal": {"direction": CORONAL, "spacing": (0.9, 0.6, 1.5)},
@@ -123,8 +124,17 @@ def test_one_file_or_dicomdir_opens_the_series(tmp_path):
     )
     one = read_dicom(files[2])
     assert one.data.shape[0] == 5
-    assert_matches_sitk(one, sitk_series(tmp_path / "s", "1.2.826.0.1.3680043.2.1125.7.1"))
+    assert_matches_sitk(one, sitk_series(tmp_path / "s", UID))
     assert is_dicom_input(files[2]) and is_dicom_input(tmp_path / "s")
+    # a DICOMDIR (PACS media layout: PT000000/ST000000/SE000000/IM000000, no extensions)
+    from pydicom.fileset import FileSet
+
+    media = FileSet()
+    for f in files:
+        media.add(pydicom.dcmread(f))
+    media.write(tmp_path / "cd")
+    assert is_dicom_input(tmp_path / "cd" / "DICOMDIR")
+    assert_matches_sitk(read_dicom(tmp_path / "cd" / "DICOMDIR"), sitk_series(tmp_path / "s", UID))
 
 
 def test_two_series_listed_unless_one_is_chosen(tmp_path):
