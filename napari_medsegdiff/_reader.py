@@ -35,6 +35,8 @@ __all__ = [
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 _LABEL_NAME = re.compile(r"(label|seg|mask|parc)", re.IGNORECASE)
 _PERCENTILES = (0.5, 99.5)
+MAX_CHANNEL_LAYERS = 4
+"""A 4-D file with more volumes (fMRI, DWI) opens as one layer with a volume slider."""
 
 
 def napari_get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerData]] | None:
@@ -218,6 +220,8 @@ def layer_data_from_volume(
         data = volume.data if volume.data.ndim == 3 else volume.data[..., 0]
         kwargs = {"name": name, **common, "metadata": metadata}
         return [(_as_label_array(data), kwargs, "labels")]
+    if volume.n_channels > MAX_CHANNEL_LAYERS:
+        return [_series_layer(volume, name, common, metadata)]
     layers: list[LayerData] = []
     channels = [volume.data] if volume.data.ndim == 3 else list(np.moveaxis(volume.data, 3, 0))
     for c, chan in enumerate(channels):
@@ -233,3 +237,23 @@ def layer_data_from_volume(
         }
         layers.append((chan, kwargs, "image"))
     return layers
+
+
+def _series_layer(
+    volume: Volume, name: str, common: dict[str, Any], metadata: dict[str, Any]
+) -> LayerData:
+    """One Image layer (t, z, y, x) for a 4-D time series / many-volume file."""
+    data = np.ascontiguousarray(np.moveaxis(volume.data, 3, 0), dtype=np.float32)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "scale": (1.0, *common["scale"]),
+        "translate": (0.0, *common["translate"]),
+        "metadata": {**metadata, "volumes": int(data.shape[0])},
+        "contrast_limits": _contrast_limits(data[0]),
+        "colormap": "gray",
+    }
+    if "affine" in common:
+        affine = np.eye(5)
+        affine[1:, 1:] = common["affine"]
+        kwargs["affine"] = affine
+    return (data, kwargs, "image")
