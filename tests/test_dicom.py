@@ -318,3 +318,22 @@ def test_segment_cli_writes_a_mask_aligned_with_the_series(tmp_path, capsys):
         == 0
     )
     assert sitk.ReadImage(str(tmp_path / "n.nii.gz")).GetSize() == (10, 12, 2)
+
+
+def test_finetune_reads_a_dicom_series(tmp_path, capsys):
+    from napari_medsegdiff.checkpoints import save_model
+    from napari_medsegdiff.cli import main
+    from napari_medsegdiff.config import preset
+    from napari_medsegdiff.model import build_model
+
+    cfg = preset("tiny")
+    model = save_model(tmp_path / "tiny", build_model(cfg).state_dict(), cfg)
+    write_series(tmp_path / "dcm", series_image((3, 12, 10), direction=CORONAL, seed=21))
+    volume = read_dicom(tmp_path / "dcm")
+    labels = write_labels((volume.data > 500).astype(np.uint8), volume, tmp_path / "fix.nii.gz")
+    args = ["finetune", "--image", str(tmp_path / "dcm"), "--labels", str(labels)]
+    args += ["--slices", "0:2", "--steps", "1", "--batch-size", "2", "--device", "cpu"]
+    args += ["--model", str(model), "--out", str(tmp_path / "store")]
+    assert main(args) == 0, capsys.readouterr().err
+    provenance = next((tmp_path / "store").rglob("provenance.json")).read_text()
+    assert str(tmp_path / "dcm") in provenance
