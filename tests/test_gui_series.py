@@ -9,36 +9,13 @@ import pytest
 
 pytest.importorskip("napari")
 
+import test_gui_segment as helpers
 from _nifti_factory import AFFINES, make_nifti
-from test_gui_segment import make_dock, open_scan, run_and_wait
 
 from napari_medsegdiff.gui import layers as L
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained tiny 1-channel model folder."""
-    from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.config import preset
-    from napari_medsegdiff.model import build_model
-
-    cfg = preset("tiny")
-    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
-
-
-@pytest.fixture
-def notes():
-    """Messages of napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
+make_dock, open_scan, run_and_wait = helpers.make_dock, helpers.open_scan, helpers.run_and_wait
+tiny_model, notes = helpers.tiny_model, helpers.notes  # shared fixtures
 
 
 def _series(tmp_path):
@@ -68,6 +45,14 @@ def test_series_volume_slider_and_channel_pick(
     got = nib.load(out)
     assert got.shape == data.shape[:3]
     np.testing.assert_allclose(got.affine, AFFINES["LPS"], atol=1e-6)
+    # the Fine-tune dock trains on the volume the proposal was made from
+    from napari_medsegdiff.gui.finetune_dock import FinetuneDock
+
+    ft = FinetuneDock(viewer)
+    viewer.dims.set_current_step(0, 0)
+    mask.data[1, 8:24, 10:22] = 1
+    job = ft._prepare()
+    np.testing.assert_array_equal(job["image"], image.data[5])
     # two volumes typed as channels: a 1-channel model says so in one notification
     dock.volumes.setText("0,3")
     assert L.stack_channels([image], [0, 3]).shape == (6, 32, 32, 2)
