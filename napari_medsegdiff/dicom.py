@@ -13,10 +13,14 @@ one file of a series (that series is read). Several image series need ``series=U
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
 import os
 import pathlib
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -43,6 +47,7 @@ ORIENTATION_TOL = 1e-4
 _LINE_TOL_MM = 0.01  # slice positions must lie on one line within this (or 1 % of the step)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MAX_FILES = 100_000
+_SNIFF_FILES = 2_000
 
 
 def is_dicom_file(path: PathLike) -> bool:
@@ -86,7 +91,8 @@ def is_dicom_input(path: PathLike) -> bool:
         return False
     if any(is_dicom_file(c) for c in top[:50]):
         return True
-    return any(is_dicom_file(c) for c in _files_under(p))
+    # sub-folders (PACS media layout): look at a bounded number of files, never a whole disk
+    return any(is_dicom_file(c) for c in itertools.islice(_files_under(p), _SNIFF_FILES))
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,40 @@ class SeriesInfo:
 _NON_IMAGE = {"SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "PR", "KO", "SEG", "REG", "DOC", "ECG"}
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pydicom's warnings and log lines about odd files: our errors say it once."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def _read_header(path: pathlib.Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
-        raise InputError(f"{path.name}: not a readable DICOM file ({exc})") from exc
+        with _quiet():
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise InputError(f"{path.name}: not a DICOM file ({_first_line(exc)})") from exc
+    except Exception as exc:  # pydicom raises many types for corrupt files
+        raise InputError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
+
+
+def _series_key(ds, path: pathlib.Path) -> str:
+    return str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID: {path.name})"
 
 
 def find_series(path: PathLike) -> list[SeriesInfo]:
@@ -141,7 +173,7 @@ def find_series(path: PathLike) -> list[SeriesInfo]:
             ds = _read_header(f)
         except InputError:
             continue  # stray files (thumbnails, notes) next to a series
-        uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID: {f.name})"
+        uid = _series_key(ds, f)
         groups[uid].append(f)
         if uid not in meta:
             modality = str(ds.get("Modality", ""))
@@ -159,7 +191,7 @@ def find_series(path: PathLike) -> list[SeriesInfo]:
 def _choose(path: pathlib.Path, series: list[SeriesInfo], uid: str | None) -> SeriesInfo:
     images = [s for s in series if s.is_image]
     if uid is None and path.is_file() and path.name.upper() != "DICOMDIR":
-        uid = str(_read_header(path).get("SeriesInstanceUID", ""))
+        uid = _series_key(_read_header(path), path)
     if uid is not None:
         for s in series:
             if s.uid == uid:
@@ -212,9 +244,8 @@ def _pixels(ds, name: str) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         what = f" ({syntax.name})" if syntax is not None else ""
         raise InputError(
-            f"{name}: cannot decode the pixel data{what}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''} (for compressed DICOM: "
-            "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+            f"{name}: cannot decode the pixel data{what}: {_first_line(exc)} (compressed "
+            "DICOM: pip install 'napari-medsegdiff[dicom-compressed]')"
         ) from exc
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -326,14 +357,16 @@ def read_dicom(
     datasets = []
     for f in files:
         try:
-            datasets.append(pydicom.dcmread(f))
+            with _quiet():
+                datasets.append(pydicom.dcmread(f))
         except Exception as exc:  # truncated or corrupt file inside the series
             raise InputError(f"{f.name}: not a readable DICOM file ({type(exc).__name__})") from exc
         _check_frame(datasets[-1], f.name)
         if "PixelData" not in datasets[-1]:
             raise InputError(f"{f.name}: no pixel data (not an image)")
     order, lps = _geometry_from(datasets, files, label)
-    slices = [_pixels(datasets[i], files[i].name) for i in order]
+    with _quiet():
+        slices = [_pixels(datasets[i], files[i].name) for i in order]
     source = np.stack([s.T for s in slices], axis=2).astype(np.dtype(dtype))  # (i, j, k)
     affine = _LPS_TO_RAS @ lps
     first = datasets[0]

@@ -258,6 +258,20 @@ def _cli_segment(ctx: Ctx, *extra: str, images=None, out=None) -> list[str]:
     return ["segment", *images, "-o", out, "--model", str(ctx.models["tiny"]), *QUICK, *extra]
 
 
+def _two_dicom_series(ctx: Ctx) -> list[str]:
+    from _dicom_factory import series_image, write_series
+
+    write_series(ctx.tmp / "dicom", series_image(seed=1), uid="1.2.3.1")
+    write_series(ctx.tmp / "dicom", series_image(seed=2), uid="1.2.3.2", names=list("abcde"))
+    return _cli_segment(ctx, images=[str(ctx.tmp / "dicom")])
+
+
+def _junk_dcm(ctx: Ctx) -> list[str]:
+    path = ctx.tmp / "junk.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    return _cli_segment(ctx, images=[str(path)])
+
+
 def _cli_disk_full(ctx: Ctx) -> list[str]:
     argv = _cli_segment(ctx, "--slices", "0")
     disk_full_nifti(ctx.monkeypatch)
@@ -317,6 +331,9 @@ ERRORS: list[Row] = [
         lambda c: _cli_segment(c, images=[str(saved(c.tmp / "five.nii", np.zeros((2,) * 5)))])),
     Row("1-D file", "read_volume", "1-D image", "line.nii",
         lambda c: saved(c.tmp / "line.nii", np.zeros((4,), np.uint8))),
+    Row("DICOM folder with two series", "cli", "2 image series; choose one with --series",
+        "1.2.3.2", _two_dicom_series),
+    Row("corrupt .dcm file", "cli", "not an image series", "junk.dcm", _junk_dcm),
     Row("all-NaN volume", "read_volume", "no finite voxel", "nan.nii.gz",
         lambda c: saved(c.tmp / "nan.nii.gz", np.full((3, 6, 5), np.nan, np.float32))),
     Row("all-Inf volume", "cli", "no finite voxel", "inf.nii.gz",
