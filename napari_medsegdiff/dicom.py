@@ -225,13 +225,27 @@ def _floats(ds, keyword: str, n: int, name: str) -> np.ndarray:
     return out
 
 
+def _number(ds, keyword: str, default: float, name: str) -> float:
+    """A numeric element (``default`` when absent or empty)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not np.isfinite(out):
+        raise InputError(f"{name}: {keyword} is not a number ({value!r})")
+    return out
+
+
 def _check_frame(ds, name: str) -> None:
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if _number(ds, "NumberOfFrames", 1, name) > 1:
         raise InputError(
             f"{name}: multi-frame DICOM ({ds.NumberOfFrames} frames in one file) is not "
             "supported; convert it to NIfTI (e.g. dcm2niix)"
         )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if _number(ds, "SamplesPerPixel", 1, name) != 1:
         raise InputError(
             f"{name}: colour DICOM (SamplesPerPixel {ds.SamplesPerPixel}) is not supported"
         )
@@ -247,8 +261,8 @@ def _pixels(ds, name: str) -> np.ndarray:
             f"{name}: cannot decode the pixel data{what}: {_first_line(exc)} (compressed "
             "DICOM: pip install 'napari-medsegdiff[dicom-compressed]')"
         ) from exc
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = _number(ds, "RescaleSlope", 1.0, name)
+    inter = _number(ds, "RescaleIntercept", 0.0, name)
     out = arr.astype(np.float64)
     if slope != 1.0 or inter != 0.0:
         out = out * slope + inter
@@ -311,10 +325,11 @@ def _geometry_from(
         if np.max(np.linalg.norm(positions - line, axis=1)) > max(_LINE_TOL_MM, 0.01 * median):
             raise InputError(f"{label}: slice positions do not lie on one line")
     else:
-        thickness = float(
-            first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0
+        name = files[0].name
+        thickness = _number(first, "SpacingBetweenSlices", 0.0, name) or _number(
+            first, "SliceThickness", 1.0, name
         )
-        step = normal * abs(thickness)
+        step = normal * (abs(thickness) or 1.0)  # one slice: only its own thickness
     affine = np.eye(4)
     affine[:3, 0] = row * spacing[1]  # i: along a row (column index grows)
     affine[:3, 1] = col * spacing[0]  # j: down a column (row index grows)

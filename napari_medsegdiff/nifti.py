@@ -74,6 +74,8 @@ def nifti_stem(path: PathLike) -> str:
 
 def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
     """3-D or 4-D shape: trailing singleton dims dropped, a 2-D file is one slice."""
+    if any(n < 0 for n in shape):
+        raise InputError(f"{name}: negative dimension in shape {shape} (corrupt header)")
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) == 2:
@@ -113,14 +115,8 @@ def _load_one(path: pathlib.Path, dtype: np.dtype | None) -> tuple[np.ndarray, V
             "reliable orientation)"
         )
     hdr = img.header
-    file_shape = tuple(int(n) for n in img.shape)
+    shape = _spatial_shape(tuple(int(n) for n in img.shape), name)
     disk_dtype = hdr.get_data_dtype()
-    if any(n < 0 for n in file_shape):
-        shape = file_shape
-    else:
-        shape = _spatial_shape(file_shape, name)
-    if any(n < 0 for n in shape):
-        raise InputError(f"{name}: negative dimension in shape {shape} (corrupt header)")
     if any(n == 0 for n in shape):
         raise InputError(f"{name}: zero-length dimension in shape {shape}")
     if disk_dtype.kind == "c":

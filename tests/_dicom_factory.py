@@ -29,8 +29,8 @@ def rotation(axis: int, degrees: float) -> np.ndarray:
 
 
 AXIAL = np.eye(3)
-CORONAL = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # rows L, columns I, slices P
-SAGITTAL = np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]])  # rows P, columns I, slices R
+CORONAL = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # i -> L, j -> S, slices -> A
+SAGITTAL = np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]])  # i -> P, j -> I, slices -> R
 HEAD_FIRST = np.diag([1.0, 1.0, -1.0])  # axial, slices written superior to inferior
 OBLIQUE = rotation(0, 35.0) @ rotation(2, -12.0)
 

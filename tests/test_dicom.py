@@ -337,3 +337,10 @@ def test_finetune_reads_a_dicom_series(tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     provenance = next((tmp_path / "store").rglob("provenance.json")).read_text()
     assert str(tmp_path / "dcm") in provenance
+
+
+def test_single_slice_series_is_one_slice(tmp_path):
+    write_series(tmp_path / "s", series_image((1, 6, 7), direction=CORONAL, seed=22))
+    volume = read_dicom(tmp_path / "s")
+    assert volume.data.shape == (6, 1, 7)  # (S, P, L): one coronal slice
+    assert_matches_sitk(volume, sitk_series(tmp_path / "s"))
