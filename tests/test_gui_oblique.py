@@ -75,5 +75,6 @@ def test_oblique_nifti_layers_are_placed_exactly(make_napari_viewer, tmp_path, a
 def test_oblique_dicom_series_layers_are_placed_exactly(make_napari_viewer, tmp_path):
     write_series(tmp_path / "dcm", series_image((6, 16, 12), direction=OBLIQUE, seed=2))
     viewer = make_napari_viewer()
-    image = _open(viewer, tmp_path / "dcm")
+    [image] = viewer.open(str(tmp_path / "dcm"), plugin="napari-medsegdiff")  # Open Folder
+    assert image.name == "dcm"
     _check_layers(viewer, image)
