@@ -344,3 +344,20 @@ def test_single_slice_series_is_one_slice(tmp_path):
     volume = read_dicom(tmp_path / "s")
     assert volume.data.shape == (6, 1, 7)  # (S, P, L): one coronal slice
     assert_matches_sitk(volume, sitk_series(tmp_path / "s"))
+
+
+def test_rle_compressed_slices_read_and_undecodable_ones_refused(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1, RLELossless
+
+    files = write_series(tmp_path / "s", series_image(seed=23))
+    ds = pydicom.dcmread(files[0])
+    ds.compress(RLELossless)  # decoded by pydicom + numpy alone
+    ds.save_as(files[0])
+    assert_matches_sitk(read_dicom(tmp_path / "s"), sitk_series(tmp_path / "s"))
+    ds = pydicom.dcmread(files[1])
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg \xff\xd9"])
+    ds.save_as(files[1], enforce_file_format=True)
+    with pytest.raises(InputError, match=r"IM0001\.dcm: cannot decode the pixel data \(JPEG"):
+        read_dicom(tmp_path / "s")
