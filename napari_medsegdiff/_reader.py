@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsegdiff.dicom import find_series, is_dicom_input, read_dicom
+from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.nifti import is_nifti_input_path, nifti_stem, read_volume
 from napari_medsegdiff.volume import Volume, VolumeGeometry
 
@@ -84,7 +85,8 @@ def read_dicom_layers(path: str | Sequence[str]) -> list[LayerData]:
     """Read a DICOM folder / DICOMDIR / file: one Image layer per image series.
 
     Several series in a folder each become a layer named by their description, to be
-    chosen in the Segment dock's image list; one file opens only its own series.
+    chosen in the Segment dock's image list (a series that cannot be opened is skipped
+    with a warning); one file opens only its own series.
     """
     p = pathlib.Path(path if isinstance(path, str | os.PathLike) else path[0])
     if p.is_file() and p.name.upper() != "DICOMDIR":
@@ -92,12 +94,21 @@ def read_dicom_layers(path: str | Sequence[str]) -> list[LayerData]:
     else:
         series = [s.uid for s in find_series(p) if s.is_image] or [None]
     layers: list[LayerData] = []
+    refused: list[InputError] = []
     for uid in series:
-        volume, notes = _read_noting(lambda uid=uid: read_dicom(p, series=uid))
+        try:
+            volume, notes = _read_noting(lambda uid=uid: read_dicom(p, series=uid))
+        except InputError as exc:  # e.g. a localizer next to the scan: open the others
+            refused.append(exc)
+            continue
         name = _dicom_name(volume, p) if len(series) > 1 else None
         if uid is not None and len(series) > 1:
             notes.append(f"{p.name}: series {uid}")
         layers.extend(layer_data_from_volume(volume, name=name, notes=notes, as_labels=False))
+    if refused and not layers:
+        raise refused[0]
+    for exc in refused:
+        warnings.warn(f"skipped: {exc}", UserWarning, stacklevel=2)
     return layers
 
 

@@ -276,6 +276,14 @@ def test_napari_reader_opens_a_folder(tmp_path):
     )
     layers = reader(str(tmp_path / "scan"))
     assert sorted(k["name"] for _, k, _ in layers) == ["scan CT T1 test", "scan MR late"]
+    # a localizer with mixed orientations next to them is skipped with a warning
+    loc = write_series(
+        tmp_path / "scan", series_image((3, 6, 7), seed=24), uid="1.2.6", names=list("xyz")
+    )
+    _edit(loc[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.warns(UserWarning, match=r"skipped: .*series 1\.2\.6: mixed slice orientations"):
+        layers = reader(str(tmp_path / "scan"))
+    assert len(layers) == 2
     assert napari_get_reader(str(tmp_path / "nothing_here")) is None
 
 
