@@ -89,15 +89,16 @@ def read_dicom_layers(path: str | Sequence[str]) -> list[LayerData]:
     with a warning); one file opens only its own series.
     """
     p = pathlib.Path(path if isinstance(path, str | os.PathLike) else path[0])
+    found = find_series(p)
     if p.is_file() and p.name.upper() != "DICOMDIR":
         series: list[str | None] = [None]
     else:
-        series = [s.uid for s in find_series(p) if s.is_image] or [None]
+        series = [s.uid for s in found if s.is_image] or [None]
     layers: list[LayerData] = []
     refused: list[InputError] = []
     for uid in series:
         try:
-            volume, notes = _read_noting(lambda uid=uid: read_dicom(p, series=uid))
+            volume, notes = _read_noting(lambda uid=uid: read_dicom(p, series=uid, found=found))
         except InputError as exc:  # e.g. a localizer next to the scan: open the others
             refused.append(exc)
             continue

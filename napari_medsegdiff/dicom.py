@@ -20,7 +20,7 @@ import os
 import pathlib
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -350,7 +350,11 @@ def _header_bytes(affine: np.ndarray, shape: tuple[int, int, int], descrip: str)
 
 
 def read_dicom(
-    path: PathLike, *, series: str | None = None, dtype: np.typing.DTypeLike = np.float32
+    path: PathLike,
+    *,
+    series: str | None = None,
+    dtype: np.typing.DTypeLike = np.float32,
+    found: Sequence[SeriesInfo] | None = None,
 ) -> Volume:
     """Read one DICOM series into napari order (z, y, x), rescale applied.
 
@@ -358,6 +362,7 @@ def read_dicom(
         path: a folder, a DICOMDIR or one file of the series.
         series: SeriesInstanceUID to read when several image series are present.
         dtype: floating dtype of the returned data.
+        found: :func:`find_series` of ``path`` when already known (reading several).
 
     Raises:
         InputError: no or several image series (listed), a non-image or multi-frame
@@ -366,7 +371,7 @@ def read_dicom(
     import pydicom
 
     p = pathlib.Path(path)
-    chosen = _choose(p, find_series(p), series)
+    chosen = _choose(p, list(found) if found is not None else find_series(p), series)
     label = f"{p.name or p} series {chosen.uid}"
     files = list(chosen.files)
     datasets = []
