@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    seg = sub.add_parser("segment", help="segment NIfTI scan(s) with a diffusion ensemble")
+    seg = sub.add_parser(
+        "segment", help="segment NIfTI scan(s) or a DICOM series with a diffusion ensemble"
+    )
     seg.add_argument(
         "images",
         nargs="+",
@@ -65,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "scan in it (a cohort)",
     )
     seg.add_argument(
-        "--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several"
+        "--series",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID when a DICOM folder holds several",
     )
     seg.add_argument(
         "-o", "--output", required=True, help="labels NIfTI to write (a folder for a cohort)"
@@ -137,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="scan NIfTI file(s) (channels) or a DICOM series folder",
     )
     ft.add_argument(
-        "--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several"
+        "--series",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID when a DICOM folder holds several",
     )
     ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
     ft.add_argument(
