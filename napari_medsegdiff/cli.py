@@ -58,12 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    seg = sub.add_parser("segment", help="segment NIfTI scan(s) with a diffusion ensemble")
+    seg = sub.add_parser(
+        "segment", help="segment NIfTI scan(s) or a DICOM series with a diffusion ensemble"
+    )
     seg.add_argument(
         "images",
         nargs="+",
-        help="NIfTI file(s): several co-registered files are "
-        "channels; a single folder segments every scan in it (a cohort)",
+        help="NIfTI file(s): several co-registered files are channels; a DICOM series "
+        "(folder, DICOMDIR or one of its files); a folder of NIfTI files segments every "
+        "scan in it (a cohort)",
+    )
+    seg.add_argument(
+        "--series",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID when a DICOM folder holds several",
     )
     seg.add_argument(
         "-o", "--output", required=True, help="labels NIfTI to write (a folder for a cohort)"
@@ -128,7 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune a model on corrected labels")
     ft.add_argument("--model", default=None, help="base model (default: the shipped default)")
-    ft.add_argument("--image", nargs="+", required=True, help="scan NIfTI file(s) (channels)")
+    ft.add_argument(
+        "--image",
+        nargs="+",
+        required=True,
+        help="scan NIfTI file(s) (channels) or a DICOM series folder",
+    )
+    ft.add_argument(
+        "--series",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID when a DICOM folder holds several",
+    )
     ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
     ft.add_argument(
         "--proposal",
@@ -163,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
 
     sg = sub.add_parser("suggest", help="which slices to correct first (ensemble disagreement)")
-    sg.add_argument("image", nargs="+", help="scan NIfTI file(s) (channels)")
+    sg.add_argument(
+        "image", nargs="+", help="scan NIfTI file(s) (channels) or a DICOM series folder"
+    )
+    sg.add_argument("--series", default=None, help="SeriesInstanceUID (DICOM folders)")
     sg.add_argument("--model", default=None, help="model folder or stored version")
     sg.add_argument("--count", type=_positive_int, default=5, help="how many slices (default 5)")
     sg.add_argument("--ct-window", default=None, help="CENTER,WIDTH in HU for CT")

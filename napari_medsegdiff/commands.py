@@ -68,15 +68,18 @@ def segment_files(
     overwrite: bool = False,
     segmenter=None,
     progress: bool = True,
+    series: str | None = None,
 ) -> dict:
-    """Segment one scan (several files = channels) and write aligned NIfTI outputs."""
-    from napari_medsegdiff.nifti import read_volume, write_image, write_labels
+    """Segment one scan (several NIfTI files = channels, or one DICOM series) and write
+    aligned NIfTI outputs."""
+    from napari_medsegdiff.inputs import read_scan
+    from napari_medsegdiff.nifti import write_image, write_labels
     from napari_medsegdiff.segmenter import Segmenter, assemble, parse_slices
 
     out = _check_new(output, overwrite, "-o")
     var_path = _check_new(variance, overwrite, "--variance")
     prob_path = _check_new(probability, overwrite, "--probability")
-    volume = read_volume(images if len(images) > 1 else images[0])
+    volume = read_scan(images, series=series)
     seg = segmenter or Segmenter.load(model, device)
     indices = parse_slices(slices, volume.data.shape[0])
     bar = None  # made at the first report: an input error stays one line on stderr
@@ -157,8 +160,20 @@ def run_segment(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
     )
     window = _parse_window(args.ct_window)
-    if len(args.images) == 1 and Path(args.images[0]).is_dir():
+    from napari_medsegdiff.dicom import is_dicom_input
+
+    if (
+        len(args.images) == 1
+        and Path(args.images[0]).is_dir()
+        and not is_dicom_input(args.images[0])
+    ):
         from napari_medsegdiff.cohort import segment_cohort
+
+        if args.series is not None:
+            raise InputError(
+                f"--series: {args.images[0]} is a folder of NIfTI scans (a cohort), not a "
+                "DICOM series"
+            )
 
         summary = segment_cohort(
             Path(args.images[0]),
@@ -181,7 +196,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if not _is_main_rank():
         return 0  # one scan under torchrun: rank 0 writes it, the others have nothing to do
     for path in args.images:
-        if not Path(path).is_file():
+        if not Path(path).is_file() and not is_dicom_input(path):
             raise InputError(f"{path}: file not found")
     info = segment_files(
         args.images,
@@ -194,6 +209,7 @@ def run_segment(args: argparse.Namespace) -> int:
         device=args.device,
         window=window,
         overwrite=args.overwrite,
+        series=args.series,
     )
     _echo(
         f"wrote {', '.join(info['outputs'])} ({info['slices']} slices, "
@@ -279,6 +295,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         proposal_path=args.proposal,
         slices=slices,
         model=args.model,
+        series=args.series,
         new_model=args.new_model,
         out=args.out,
         device=args.device,
@@ -296,10 +313,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_suggest(args: argparse.Namespace) -> int:
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.suggest import suggest_slices
 
-    volume = read_volume(args.image if len(args.image) > 1 else args.image[0])
+    volume = read_scan(args.image, series=args.series)
     suggestion = suggest_slices(
         args.model,
         volume.data,

@@ -399,6 +399,7 @@ def finetune_files(
     proposal_path: str | None = None,
     slices: Sequence[int] | None = None,
     model: str | None = None,
+    series: str | None = None,
     new_model: bool = False,
     out: str | None = None,
     store: str | Path | None = None,
@@ -407,11 +408,12 @@ def finetune_files(
     on_progress: ProgressCallback | None = None,
     **settings: Any,
 ) -> FinetuneResult:
-    """Files in, new model out: read the scan (channels) + corrected labels (+ proposal),
-    fine-tune (``settings``: steps, lr, batch_size, replay, freeze_condition)."""
+    """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
+    labels (+ proposal), fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
+    from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.nifti import read_volume
 
-    volume = read_volume(list(image_paths) if len(image_paths) > 1 else image_paths[0])
+    volume = read_scan(list(image_paths), series=series)
     labels_vol = read_volume(labels_path)
     if not volume.geometry.same_space(labels_vol.geometry):
         raise InputError(f"{labels_path}: not in the same space (shape/affine) as {image_paths[0]}")

@@ -26,6 +26,7 @@ from napari_medsegdiff.volume import Volume, VolumeGeometry
 
 __all__ = [
     "MAX_VOXELS",
+    "is_nifti_input_path",
     "is_nifti_path",
     "nifti_stem",
     "read_volume",
@@ -54,24 +55,49 @@ def is_nifti_path(path: PathLike) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
+_PAIR_EXTS = (".hdr", ".img", ".hdr.gz", ".img.gz")
+
+
+def is_nifti_input_path(path: PathLike) -> bool:
+    """True for names that :func:`read_volume` opens: NIfTI and NIfTI-1 pairs (.hdr/.img)."""
+    return is_nifti_path(path) or os.fspath(path).lower().endswith(_PAIR_EXTS)
+
+
 def nifti_stem(path: PathLike) -> str:
-    """File name without ``.nii`` / ``.nii.gz``."""
+    """File name without ``.nii`` / ``.nii.gz`` (or a pair's ``.hdr`` / ``.img``)."""
     name = pathlib.Path(path).name
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", *_PAIR_EXTS):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
 
 
-def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGeometry]:
-    """Read one file -> (array in source order (i, j, k[, c]), geometry)."""
+def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """3-D or 4-D shape: trailing singleton dims dropped, a 2-D file is one slice."""
+    if any(n < 0 for n in shape):
+        raise InputError(f"{name}: negative dimension in shape {shape} (corrupt header)")
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) < 2 or len(shape) > 4:
+        raise InputError(f"{name}: {len(shape)}-D image {shape}; need 2-D, 3-D or 4-D")
+    return shape
+
+
+def _load_one(path: pathlib.Path, dtype: np.dtype | None) -> tuple[np.ndarray, VolumeGeometry]:
+    """Read one file -> (array in source order (i, j, k[, c]), geometry).
+
+    ``dtype=None`` keeps an unscaled integer file's own integer dtype (label ids above
+    2**24 stay exact); scaled or floating files are read as float32.
+    """
     name = path.name
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz file")
-    if not is_nifti_path(path):
-        raise InputError(f"{name}: expected a .nii or .nii.gz file")
+    if not is_nifti_input_path(path):
+        raise InputError(f"{name}: expected a .nii or .nii.gz file (or a .hdr/.img pair)")
     try:
         # nibabel logs each header fix-up (bad pixdim, codes...) on stderr; our error says it
         with nib.imageglobals.LoggingOutputSuppressor():
@@ -83,15 +109,14 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
                 f"{name}: unsupported or corrupt NIfTI header ({_short(exc)})"
             ) from exc
         raise InputError(f"{name}: not a NIfTI file ({why})") from exc
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise InputError(f"{name}: not a NIfTI-1/2 image ({type(img).__name__})")
+    if not isinstance(img, nib.Nifti1Pair | nib.Nifti2Pair):  # the Images subclass Pairs
+        raise InputError(
+            f"{name}: not a NIfTI-1/2 image ({type(img).__name__}; Analyze 7.5 has no "
+            "reliable orientation)"
+        )
     hdr = img.header
-    shape = tuple(int(n) for n in img.shape)
+    shape = _spatial_shape(tuple(int(n) for n in img.shape), name)
     disk_dtype = hdr.get_data_dtype()
-    if len(shape) < 3 or len(shape) > 4:
-        raise InputError(f"{name}: {len(shape)}-D image {shape}; need 3-D or 4-D (channels)")
-    if any(n < 0 for n in shape):
-        raise InputError(f"{name}: negative dimension in shape {shape} (corrupt header)")
     if any(n == 0 for n in shape):
         raise InputError(f"{name}: zero-length dimension in shape {shape}")
     if disk_dtype.kind == "c":
@@ -102,8 +127,11 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
     if n_vox > MAX_VOXELS:
         raise InputError(f"{name}: declares {n_vox} voxels {shape}; more than {MAX_VOXELS}")
     n_bytes = n_vox * disk_dtype.itemsize
-    file_size = path.stat().st_size
-    if name.lower().endswith(".gz"):
+    data_file = pathlib.Path(img.file_map["image"].filename or path)  # a pair's .img
+    if not data_file.exists():
+        raise InputError(f"{name}: its data file {data_file.name} is missing")
+    file_size = data_file.stat().st_size
+    if data_file.name.lower().endswith(".gz"):
         if n_bytes > _MAX_GZIP_RATIO * file_size + 65536:
             raise InputError(
                 f"{name}: header declares {n_bytes} bytes of data but the {file_size}-byte "
@@ -113,12 +141,30 @@ def _load_one(path: pathlib.Path, dtype: np.dtype) -> tuple[np.ndarray, VolumeGe
         needed = int(getattr(img.dataobj, "offset", hdr.get_data_offset())) + n_bytes
         if file_size < needed:
             raise InputError(f"{name}: truncated ({file_size} bytes, header needs {needed})")
-    geometry = VolumeGeometry.from_affine(img.affine, shape[:3], bytes(hdr.binaryblock), name=name)
+    slope, inter = _scaling(img)
+    header = hdr.copy()  # nibabel moved the scaling into dataobj: keep it on record
+    header["scl_slope"], header["scl_inter"] = slope, inter
+    geometry = VolumeGeometry.from_affine(
+        img.affine, shape[:3], bytes(header.binaryblock), name=name
+    )
+    keep_int = dtype is None and disk_dtype.kind in "biu" and (slope, inter) == (1.0, 0.0)
     try:
-        data = np.asarray(img.dataobj, dtype=dtype)
+        if keep_int:
+            data = np.asarray(img.dataobj, dtype=disk_dtype.newbyteorder("="))
+        else:
+            data = np.asarray(img.dataobj, dtype=dtype or np.float32)
     except (*_READ_ERRORS, MemoryError) as exc:
         raise InputError(f"{name}: truncated or corrupt data ({_short(exc)})") from exc
-    return data, geometry
+    return data.reshape(shape), geometry
+
+
+def _scaling(img: nib.Nifti1Pair) -> tuple[float, float]:
+    """(slope, intercept) nibabel applies to the data (1, 0 when unscaled)."""
+    slope = getattr(img.dataobj, "slope", 1.0)
+    inter = getattr(img.dataobj, "inter", 0.0)
+    slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
 
 
 def _sniff(path: pathlib.Path) -> str | None:
@@ -150,9 +196,11 @@ def _replace_nonfinite(data: np.ndarray, name: str) -> int:
         return 0
     bad = ~np.isfinite(data)
     count = int(np.count_nonzero(bad))
+    if count == data.size:
+        raise InputError(f"{name}: no finite voxel (all {count} are NaN/Inf); nothing to show")
     if count:
         finite = data[~bad]
-        fill = float(finite.min()) if finite.size else 0.0
+        fill = float(finite.min())
         data[bad] = fill
         warnings.warn(
             f"{name}: {count} NaN/Inf voxel(s) replaced by the finite minimum {fill:g}",
@@ -163,14 +211,19 @@ def _replace_nonfinite(data: np.ndarray, name: str) -> int:
 
 
 def read_volume(
-    path_or_paths: PathLike | Sequence[PathLike], *, dtype: np.typing.DTypeLike = np.float32
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    dtype: np.typing.DTypeLike | None = np.float32,
 ) -> Volume:
-    """Read one NIfTI (3-D or 4-D) or several co-registered ones into napari order.
+    """Read one NIfTI (2-D, 3-D or 4-D) or several co-registered ones into napari order.
 
     Args:
-        path_or_paths: a ``.nii``/``.nii.gz`` path, or a sequence of them (channels, e.g.
-            BraTS T1/T1ce/T2/FLAIR). All files must share spatial shape and affine.
-        dtype: floating dtype of the returned data.
+        path_or_paths: a ``.nii``/``.nii.gz`` path (or a NIfTI-1 ``.hdr``/``.img`` pair),
+            or a sequence of them (channels, e.g. BraTS T1/T1ce/T2/FLAIR). All files must
+            share spatial shape and affine. Trailing singleton dimensions are dropped; a
+            2-D file is one slice.
+        dtype: floating dtype of the returned data; None keeps an unscaled integer file
+            integer (float32 otherwise).
 
     Returns:
         Volume with data (z, y, x) for one 3-D file, else (z, y, x, c); 4-D files
@@ -186,9 +239,10 @@ def read_volume(
         paths = [pathlib.Path(p) for p in path_or_paths]
     if not paths:
         raise InputError("read_volume: no file given")
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise InputError(f"read_volume: dtype must be floating, got {dtype}")
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise InputError(f"read_volume: dtype must be floating, got {dtype}")
     arrays: list[np.ndarray] = []
     geometry: VolumeGeometry | None = None
     nonfinite = 0
@@ -210,22 +264,13 @@ def read_volume(
         nonfinite += _replace_nonfinite(data, path.name)
         arrays.append(data if data.ndim == 4 else data[..., None])
     assert geometry is not None  # paths is non-empty
-    if geometry.is_oblique:
-        warnings.warn(oblique_message(paths[0].name), UserWarning, stacklevel=2)
+    if len(arrays) > 1 and len({a.dtype for a in arrays}) > 1:
+        arrays = [a.astype(np.float32) for a in arrays]
     if len(arrays) == 1 and arrays[0].shape[3] == 1:
         source = arrays[0][..., 0]
     else:
         source = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=3)
     return Volume(geometry.to_display(source), geometry, tuple(paths), nonfinite)
-
-
-def oblique_message(name: str) -> str:
-    """The warning shown for an oblique scan."""
-    return (
-        f"{name}: oblique orientation; shown axis-aligned in the closest canonical "
-        "orientation (positions are approximate in napari; exported files keep the exact "
-        "affine)"
-    )
 
 
 # --- writing ---------------------------------------------------------------------------

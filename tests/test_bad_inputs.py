@@ -258,6 +258,20 @@ def _cli_segment(ctx: Ctx, *extra: str, images=None, out=None) -> list[str]:
     return ["segment", *images, "-o", out, "--model", str(ctx.models["tiny"]), *QUICK, *extra]
 
 
+def _two_dicom_series(ctx: Ctx) -> list[str]:
+    from _dicom_factory import series_image, write_series
+
+    write_series(ctx.tmp / "dicom", series_image(seed=1), uid="1.2.3.1")
+    write_series(ctx.tmp / "dicom", series_image(seed=2), uid="1.2.3.2", names=list("abcde"))
+    return _cli_segment(ctx, images=[str(ctx.tmp / "dicom")])
+
+
+def _junk_dcm(ctx: Ctx) -> list[str]:
+    path = ctx.tmp / "junk.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    return _cli_segment(ctx, images=[str(path)])
+
+
 def _cli_disk_full(ctx: Ctx) -> list[str]:
     argv = _cli_segment(ctx, "--slices", "0")
     disk_full_nifti(ctx.monkeypatch)
@@ -315,8 +329,17 @@ ERRORS: list[Row] = [
         lambda c: patched_header(c.tmp / "negdim.nii", dim=[3, 4, -5, 3, 1, 1, 1, 1])),
     Row("5-D image", "cli", "5-D image", "five.nii",
         lambda c: _cli_segment(c, images=[str(saved(c.tmp / "five.nii", np.zeros((2,) * 5)))])),
-    Row("2-D file", "read_volume", "2-D image", "flat.nii",
-        lambda c: saved(c.tmp / "flat.nii", np.zeros((4, 4), np.uint8))),
+    Row("1-D file", "read_volume", "1-D image", "line.nii",
+        lambda c: saved(c.tmp / "line.nii", np.zeros((4,), np.uint8))),
+    Row("DICOM folder with two series", "cli", "2 image series; choose one with --series",
+        "1.2.3.2", _two_dicom_series),
+    Row("corrupt .dcm file", "cli", "not an image series", "junk.dcm", _junk_dcm),
+    Row("all-NaN volume", "read_volume", "no finite voxel", "nan.nii.gz",
+        lambda c: saved(c.tmp / "nan.nii.gz", np.full((3, 6, 5), np.nan, np.float32))),
+    Row("all-Inf volume", "cli", "no finite voxel", "inf.nii.gz",
+        lambda c: _cli_segment(
+            c, images=[str(saved(c.tmp / "inf.nii.gz", np.full((3, 6, 5), np.inf, np.float32)))]
+        )),
     Row("complex dtype", "read_volume", "complex data", "cplx.nii",
         lambda c: saved(c.tmp / "cplx.nii", np.zeros((2, 2, 2), np.complex64))),
     Row("RGB struct dtype", "reader", "RGB/structured", "rgb.nii",
@@ -573,8 +596,9 @@ def test_huge_declared_dims_allocate_nothing(tmp_path):
 # --------------------------------------------------------------- accepted oddities
 def _nonfinite(ctx: Ctx, fill: float) -> tuple[Any, str]:
     data = np.full((3, 6, 5), fill, np.float32)
+    data[1, 2, 3] = 0.0  # one finite voxel: an all-NaN volume is refused (ERRORS)
     path = saved(ctx.tmp / "holes.nii.gz", data)
-    with pytest.warns(UserWarning, match=r"holes\.nii\.gz: 90 NaN/Inf voxel\(s\) replaced"):
+    with pytest.warns(UserWarning, match=r"holes\.nii\.gz: 89 NaN/Inf voxel\(s\) replaced"):
         vol = read_volume(path)
     result = list(ctx.segmenter.segment_volume(vol.data, sampler=_fast()))
     assert np.isfinite(vol.data).all() and len(result) == vol.data.shape[0]
@@ -640,8 +664,8 @@ def _two_d_image(ctx: Ctx) -> str:
 
 
 ACCEPTED: list[tuple[str, str, Callable[[Ctx], Any]]] = [
-    ("all-NaN voxels", "read_volume + Segmenter", lambda c: _nonfinite(c, np.nan)),
-    ("all-Inf voxels", "read_volume + Segmenter", lambda c: _nonfinite(c, np.inf)),
+    ("NaN voxels but one", "read_volume + Segmenter", lambda c: _nonfinite(c, np.nan)),
+    ("Inf voxels but one", "read_volume + Segmenter", lambda c: _nonfinite(c, np.inf)),
     ("constant image", "Segmenter", _constant),
     ("1x1 slices", "Segmenter", lambda c: _segment_shape(c, (2, 1, 1))),
     ("3x2 slices", "Segmenter", lambda c: _segment_shape(c, (1, 3, 2))),

@@ -76,11 +76,24 @@ def test_four_d_gives_one_image_per_channel(tmp_path):
     assert all(d.shape == (5, 7, 6) for d, _, _ in layers)
 
 
-def test_oblique_warning_in_metadata(tmp_path):
-    path = make_nifti(tmp_path / "tilt.nii.gz", label_array(), AFFINES["oblique"])
-    with pytest.warns(UserWarning, match=r"tilt\.nii\.gz: oblique"):
-        [(_, kwargs, _)] = read_nifti_layers(str(path))
-    assert "tilt.nii.gz: oblique" in kwargs["metadata"]["medsegdiff_warning"]
+@pytest.mark.parametrize("case", ["LPS", "oblique"])
+def test_layer_world_position_is_the_file_affine(tmp_path, case):
+    """affine @ (translate + scale * index) = (S, P, L) of the file's affine, every voxel."""
+    path = make_nifti(tmp_path / "tilt.nii.gz", label_array(), AFFINES[case])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "oblique, approximate" warning any more
+        [(data, kwargs, _)] = read_nifti_layers(str(path))
+    assert "medsegdiff_warning" not in kwargs["metadata"]
+    assert ("affine" in kwargs) == (case == "oblique")
+    geom = VolumeGeometry.from_metadata(kwargs["metadata"])
+    idx = np.stack(np.meshgrid(*map(np.arange, data.shape), indexing="ij"), -1).reshape(-1, 3)
+    world = np.asarray(kwargs["translate"]) + idx * np.asarray(kwargs["scale"])
+    affine = np.asarray(kwargs.get("affine", np.eye(4)))
+    world = world @ affine[:3, :3].T + affine[:3, 3]
+    source = (geom._display_to_source @ np.c_[idx, np.ones(len(idx))].T).T[:, :3]
+    ras = source @ AFFINES[case][:3, :3].T + AFFINES[case][:3, 3]
+    spl = np.c_[ras[:, 2], -ras[:, 1], -ras[:, 0]]
+    np.testing.assert_allclose(world, spl, atol=1e-6)
 
 
 def test_reader_error_names_the_file(tmp_path):

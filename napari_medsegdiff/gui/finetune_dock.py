@@ -197,7 +197,11 @@ class FinetuneDock(QWidget):
         except ValueError:
             raise InputError(f"learning rate: not a number: {self.lr.text()!r}") from None
         info = read_model_info(model)
-        data = self._image_data(image, info.config.in_channels)
+        if L.is_volume_series(image):  # the volumes the proposal was made from
+            volumes = labels.metadata.get(L.VOLUME_PICKS) or [L.shown_volume(self.viewer, image)]
+            data = L.stack_channels([image], [int(v) for v in volumes])
+        else:
+            data = self._image_data(image, info.config.in_channels)
         lab = np.array(L.as_volume(L.labels_of(labels)))  # a copy: painting goes on
         proposal = labels.metadata.get(L.PROPOSAL)
         proposal = None if proposal is None else np.array(L.as_volume(proposal))

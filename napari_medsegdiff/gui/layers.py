@@ -28,7 +28,9 @@ REVIEWED = "medsegdiff_reviewed"
 MODEL = "medsegdiff_model"
 SOURCE = "medsegdiff_image"
 ROLE = "medsegdiff_role"
-_DROP_KEYS = ("channel", PROPOSAL, SEGMENTED, REVIEWED, ROLE)
+VOLUMES = "volumes"  # set by the reader on a (t, z, y, x) series layer: its volume count
+VOLUME_PICKS = "medsegdiff_volumes"  # on a mask: the series volumes used as channels
+_DROP_KEYS = ("channel", VOLUMES, PROPOSAL, SEGMENTED, REVIEWED, ROLE)
 _CHANNEL_TAG = re.compile(r"\s*\[c\d+\]$")
 
 
@@ -37,10 +39,40 @@ def is_result_layer(layer: Any) -> bool:
     return isinstance(getattr(layer, "metadata", None), dict) and ROLE in layer.metadata
 
 
+def is_volume_series(layer: Any) -> bool:
+    """True for a (t, z, y, x) layer of a 4-D file opened with a volume slider (fMRI, DWI)."""
+    meta = getattr(layer, "metadata", None)
+    return (
+        isinstance(meta, dict)
+        and isinstance(meta.get(VOLUMES), int)
+        and not getattr(layer, "rgb", False)
+        and np.ndim(layer.data) == 4
+    )
+
+
 def spatial_shape(layer: Any) -> tuple[int, ...]:
-    """Shape of an Image layer without its RGB(A) axis."""
+    """Shape of an Image layer without its RGB(A) axis or a series' volume axis."""
     shape = tuple(layer.data.shape)
+    if is_volume_series(layer):
+        return shape[1:]
     return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def parse_volumes(text: str, count: int) -> list[int]:
+    """``"0,3"`` -> [0, 3]: volumes of a series used as the model's channels."""
+    try:
+        picks = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(f"volumes: expected indices like 0,3; got {text!r}") from None
+    if not picks or any(not 0 <= v < count for v in picks):
+        raise InputError(f"volumes: need indices in 0..{count - 1}, got {text!r}")
+    return picks
+
+
+def shown_volume(viewer: Any, layer: Any) -> int:
+    """The volume index a series layer shows under the viewer's slider."""
+    point = layer.world_to_data(viewer.dims.point)
+    return int(np.clip(round(float(point[0])), 0, layer.data.shape[0] - 1))
 
 
 def result_names(image_name: str) -> tuple[str, str]:
@@ -49,8 +81,11 @@ def result_names(image_name: str) -> tuple[str, str]:
     return f"{base} mask", f"{base} variance"
 
 
-def stack_channels(layers: Sequence[Any]) -> np.ndarray:
-    """Image layers -> (z, y, x) or (z, y, x, c); all must share shape and geometry."""
+def stack_channels(layers: Sequence[Any], volumes: Sequence[int] = (0,)) -> np.ndarray:
+    """Image layers -> (z, y, x) or (z, y, x, c); all must share shape and geometry.
+
+    A series layer (:func:`is_volume_series`) contributes its ``volumes`` as channels.
+    """
     if not layers:
         raise InputError("no image layer: open a scan (File > Open) or load the sample data")
     first = layers[0]
@@ -65,7 +100,10 @@ def stack_channels(layers: Sequence[Any]) -> np.ndarray:
             raise InputError(
                 f"channel {layer.name!r} is not in the same space (geometry) as {first.name!r}"
             )
-        arrays.append(np.asarray(layer.data))
+        if is_volume_series(layer):
+            arrays.extend(np.asarray(layer.data[v]) for v in volumes)
+        else:
+            arrays.append(np.asarray(layer.data))
     if len(arrays) == 1:
         return arrays[0]
     if first.rgb:
@@ -91,6 +129,8 @@ def layer_kwargs_like(image: Any) -> dict[str, Any]:
         "metadata": {k: copy.deepcopy(v) for k, v in image.metadata.items() if k not in _DROP_KEYS},
     }
     matrix = np.asarray(image.affine.affine_matrix)
+    if is_volume_series(image):  # block-diagonal: the volume axis is not spatial
+        matrix = matrix[1:, 1:]
     if matrix.shape == (ndim + 1, ndim + 1) and not np.allclose(matrix, np.eye(ndim + 1)):
         kwargs["affine"] = matrix
     return kwargs
@@ -232,7 +272,8 @@ def current_index(viewer: Any, layer: Any) -> int:
         return 0
     point = layer.world_to_data(viewer.dims.point)
     depth = spatial_shape(layer)[0]
-    return int(np.clip(round(float(point[0])), 0, depth - 1))
+    lead = 1 if is_volume_series(layer) else 0
+    return int(np.clip(round(float(point[lead])), 0, depth - 1))
 
 
 def jump_to_slice(viewer: Any, layer: Any, index: int) -> None:
@@ -241,6 +282,9 @@ def jump_to_slice(viewer: Any, layer: Any, index: int) -> None:
     if len(shape) < 3:
         return
     centre = [index, (shape[1] - 1) / 2, (shape[2] - 1) / 2]
+    lead = 1 if is_volume_series(layer) else 0
+    if lead:
+        centre = [shown_volume(viewer, layer), *centre]
     world = layer.data_to_world(centre)
-    axis = viewer.dims.ndim - layer.ndim
-    viewer.dims.set_point(axis, float(world[0]))
+    axis = viewer.dims.ndim - layer.ndim + lead
+    viewer.dims.set_point(axis, float(world[lead]))

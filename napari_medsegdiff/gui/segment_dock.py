@@ -97,7 +97,8 @@ class SegmentDock(SegmentControls):
         if not layers:
             raise InputError("no image layer: open a scan (File > Open) or load the sample data")
         image = layers[0]
-        data = L.stack_channels(layers)
+        volumes = self.volume_picks(image)
+        data = L.stack_channels(layers, volumes)
         model_path = Path(model) if model else self.model_picker.current_path()
         if model_path is None:
             raise InputError(
@@ -143,6 +144,7 @@ class SegmentDock(SegmentControls):
                 return None
         return {
             "image": image,
+            "volumes": volumes,
             "data": data,
             "model": model_path,
             "two_d": two_d,
@@ -175,6 +177,8 @@ class SegmentDock(SegmentControls):
         if job is None:
             return False
         mask, variance = L.ensure_result_layers(self.viewer, job["image"], str(job["model"]))
+        if L.is_volume_series(job["image"]):  # the Fine-tune dock trains on the same volumes
+            mask.metadata[L.VOLUME_PICKS] = list(job["volumes"])
         self._job, self._pending = job, []
         self._writer = L.ResultWriter(mask, variance, job["keep"])
         self._watch_mask()

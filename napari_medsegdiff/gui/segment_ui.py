@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -65,6 +66,9 @@ class SegmentControls(QWidget):
         self.channel_list = QListWidget()
         self.channel_list.setMaximumHeight(70)
         self.channel_list.setToolTip("Extra co-registered layers stacked as channels")
+        self.volumes = QLineEdit()
+        self.volumes.setPlaceholderText("the volume shown (or e.g. 0,3)")
+        self.volumes.setToolTip("Volumes of a 4-D series used as the model's channels")
         self.model_picker = ModelPicker()
         self.ensemble = _spin(1, 32, 5)
         self.steps = _spin(1, 1000, 20)
@@ -108,6 +112,7 @@ class SegmentControls(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Extra channels", self.channel_list)
+        form.addRow("Volumes", self.volumes)
         form.addRow("Model", self.model_picker)
         form.addRow("Ensemble", self.ensemble)
         form.addRow("Steps", self.steps)
@@ -163,6 +168,8 @@ class SegmentControls(QWidget):
                 item.setCheckState(Qt.CheckState.Checked if sibling else Qt.CheckState.Unchecked)
                 self.channel_list.addItem(item)
         _set_row_visible(self._form, self.channel_list, self.channel_list.count() > 0)
+        series = image is not None and L.is_volume_series(image)
+        _set_row_visible(self._form, self.volumes, series)
         self._after_image_changed()
 
     def _after_image_changed(self) -> None:
@@ -183,6 +190,15 @@ class SegmentControls(QWidget):
             if self.channel_list.item(i).checkState() == Qt.CheckState.Checked
         }
         return [image] + [lay for lay in self.image_combo.layers() if lay.name in names]
+
+    def volume_picks(self, image: Any) -> list[int]:
+        """Series volumes used as channels: the field's list, else the volume shown."""
+        if not L.is_volume_series(image):
+            return [0]
+        text = self.volumes.text().strip()
+        if not text:
+            return [L.shown_volume(self.viewer, image)]
+        return L.parse_volumes(text, image.data.shape[0])
 
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(
