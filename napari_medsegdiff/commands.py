@@ -119,26 +119,80 @@ def segment_files(
     }
 
 
-def _tqdm_or_none(total: int, desc: str, enabled: bool):
+def _tqdm_or_none(total: int, desc: str, enabled: bool, unit: str = "slice"):
     if not enabled:
         return None
     from napari_medsegdiff.cli import _tqdm
 
-    return _tqdm(total, desc, "slice")
+    return _tqdm(total, desc, unit)
+
+
+def _model_arg(model: str | None) -> str | None:
+    """``--model``: a training-run folder means its best/ (else last/) model; say which."""
+    if model is None:
+        return None
+    from napari_medsegdiff.checkpoints import training_run_model
+
+    path, note = training_run_model(Path(model).expanduser())
+    if note:
+        print(f"medsegdiff: --model {note}", file=sys.stderr)
+        return str(path)
+    return model
+
+
+def recommended_sampler(model: str | None) -> dict:
+    """The ``sampler`` section of the model's config.json (ensemble / steps / seed), if any."""
+    from napari_medsegdiff.checkpoints import read_model_info, resolve_model
+
+    try:
+        meta = read_model_info(resolve_model(model)).meta
+    except InputError:
+        return {}  # reported properly when the model loads
+    section = meta.get("sampler")
+    if not isinstance(section, dict):
+        return {}
+    return {k: section[k] for k in ("ensemble", "steps", "seed") if isinstance(section.get(k), int)}
+
+
+def _sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
+    """Flags given win; else the model's recommended values; else SamplerConfig's."""
+    chosen = {k: getattr(args, k) for k in ("ensemble", "steps", "seed")}
+    if any(v is None for v in chosen.values()):
+        recommended = recommended_sampler(args.model)
+        chosen = {k: v if v is not None else recommended.get(k) for k, v in chosen.items()}
+    return SamplerConfig(
+        sampler=args.sampler,
+        fusion=args.fusion,
+        chunk_size=args.chunk_size,
+        **{k: v for k, v in chosen.items() if v is not None},
+    )
+
+
+def _variance_path(variance: str | None, output: str) -> str | None:
+    """``--variance`` alone (or the old ``yes``) -> ``<output name>_variance.nii.gz``."""
+    from napari_medsegdiff.cli import AUTO_NAME
+    from napari_medsegdiff.nifti import nifti_stem
+
+    if variance in (AUTO_NAME, "yes"):
+        out = Path(output)
+        return str(out.with_name(f"{nifti_stem(out)}_variance.nii.gz"))
+    return variance
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    sampler = SamplerConfig(
-        sampler=args.sampler,
-        steps=args.steps,
-        ensemble=args.ensemble,
-        fusion=args.fusion,
-        seed=args.seed,
-        chunk_size=args.chunk_size,
-    )
+    from napari_medsegdiff.cli import AUTO_NAME
+
+    args.model = _model_arg(args.model)
+    sampler = _sampler_from_args(args)
     window = _parse_window(args.ct_window)
     if len(args.images) == 1 and Path(args.images[0]).is_dir():
         from napari_medsegdiff.cohort import segment_cohort
+
+        if args.variance not in (None, AUTO_NAME, "yes"):
+            raise InputError(
+                f"--variance {args.variance}: for a folder give --variance alone; each scan's "
+                "variance is written as <name>_variance.nii.gz beside its mask"
+            )
 
         summary = segment_cohort(
             Path(args.images[0]),
@@ -166,7 +220,7 @@ def run_segment(args: argparse.Namespace) -> int:
     info = segment_files(
         args.images,
         args.output,
-        variance=args.variance,
+        variance=_variance_path(args.variance, args.output),
         probability=args.probability,
         model=args.model,
         sampler=sampler,
@@ -213,7 +267,7 @@ def run_train(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
         )
         train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
-        bar = _tqdm_or_none(args.steps, "train", True)
+        bar = _tqdm_or_none(args.steps, "train", True, unit="step")
 
         def on_progress(p) -> None:
             if bar is not None:
@@ -245,6 +299,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     from napari_medsegdiff.finetune import finetune_files
 
+    args.model = _model_arg(args.model)
     result = finetune_files(args)
     _echo(result)
     return 0
@@ -254,7 +309,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from napari_medsegdiff.cli import write_json
     from napari_medsegdiff.evaluate import evaluate_paths, format_report
 
-    report = evaluate_paths(Path(args.pred), Path(args.truth))
+    report = evaluate_paths(Path(args.pred), Path(args.truth), slices=args.slices)
     print(format_report(report))
     if args.json:
         write_json(args.json, report)
