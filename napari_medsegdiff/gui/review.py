@@ -58,3 +58,45 @@ def rank_slices_by_uncertainty(
             raise ValueError(f"slices: {z} outside 0..{variance.shape[0] - 1}")
         scores.append((z, slice_uncertainty(variance[z], mask[z])))
     return sorted(scores, key=lambda item: -item[1])
+
+
+UNCERTAIN_VARIANCE = 0.05  # members disagree: per-pixel variance of their probabilities
+
+
+def boundary_uncertain_fraction(
+    variance: np.ndarray, mask: np.ndarray, threshold: float = UNCERTAIN_VARIANCE
+) -> float:
+    """Share (0..1) of a slice's mask boundary pixels whose variance is ``>= threshold``."""
+    edge = boundary_region(mask)
+    if not edge.any():
+        return 0.0
+    return float((np.asarray(variance)[edge] >= threshold).mean())
+
+
+def display_limits(
+    variance: np.ndarray,
+    mask: np.ndarray,
+    slices: Iterable[int] | None = None,
+    top_only: bool = False,
+) -> tuple[float, float]:
+    """Contrast limits that separate "sure" from "unsure" voxels of a (z, y, x) variance.
+
+    Taken from the boundary region of the segmented ``slices`` (where uncertainty lives):
+    low = median, high = 99th percentile; ``top_only`` raises low to the 90th percentile,
+    so only the most uncertain tenth is drawn. Falls back to the nonzero voxels, then to
+    ``(0, 1e-3)`` for an all-zero map.
+    """
+    variance = np.asarray(variance)
+    mask = np.asarray(mask)
+    indices = range(variance.shape[0]) if slices is None else sorted({int(s) for s in slices})
+    values = [variance[z][boundary_region(mask[z])] for z in indices if 0 <= z < len(variance)]
+    region = np.concatenate(values) if values else np.empty(0)
+    if not region.size or not region.any():
+        region = variance[variance > 0]
+    if not region.size:
+        return 0.0, 1e-3
+    lo = float(np.percentile(region, 90 if top_only else 50))
+    hi = float(np.percentile(region, 99))
+    if hi <= lo:
+        hi = lo + max(1e-6, abs(lo) * 1e-3)
+    return lo, hi
