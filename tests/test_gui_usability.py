@@ -146,6 +146,7 @@ def test_reference_hidden_mask_distinct_and_classes_named(
     mask.data[z, y, x] = 1
     world = mask.data_to_world([z, y, x])
     assert "class: tumour core" in mask._get_properties(world, world=True)
+    assert "tumour core" in seg.legend.text() and "oedema" in seg.legend.text()
     value = int(reference.data[z, y, x])
     names = {0: "background", 1: "grey matter", 2: "white matter"}
     reference.visible = True  # hidden layers are not sliced: show it to hover it

@@ -169,6 +169,18 @@ def model_class_names(model_path: Any) -> list[str]:
     return class_names(info.meta, info.config.num_classes)
 
 
+def class_legend(mask: Any) -> list[tuple[str, tuple[float, ...]]]:
+    """``[(class name, rgba), ...]`` for the mask's foreground classes (from its features)."""
+    features = mask.features
+    if "class" not in features or "index" not in features:
+        return []
+    return [
+        (str(name), tuple(float(c) for c in mask.colormap.map(int(value))))
+        for value, name in zip(features["index"], features["class"], strict=False)
+        if int(value) != 0
+    ]
+
+
 def find_layer(viewer: Any, name: str, shape: tuple[int, ...] | None = None) -> Any | None:
     """The layer called ``name`` (of ``shape`` when given), else None."""
     for layer in viewer.layers:

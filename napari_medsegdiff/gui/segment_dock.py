@@ -292,8 +292,9 @@ class SegmentDock(SegmentControls):
         self._count_timer.start()
 
     def update_counts(self) -> tuple[int, int]:
-        """Refresh the 'N slices corrected, M reviewed' label; returns (N, M)."""
+        """Refresh the 'N slices corrected, M reviewed' label and legend; returns (N, M)."""
         mask = self.mask_layer()
+        self.set_legend(L.class_legend(mask) if mask is not None else [])
         if mask is None:
             self.count_label.setText("no mask yet")
             return 0, 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ TIPS = {
     "training data by the Fine-tune dock",
     "top_only": "Show only the most uncertain tenth of the boundary voxels",
     "three_d": "Show the uncertainty in 3-D (maximum intensity projection); click again for 2-D",
+    "legend": "The mask's colours and class names (from the model); hovering the image "
+    "shows the class under the cursor in the status bar",
     "export": "Save the mask as NIfTI aligned voxel for voxel with the source scan",
     "export_variance": "Also save the variance (uncertainty) map beside the mask",
 }
@@ -194,6 +197,9 @@ class SegmentControls(QWidget):
 
     def _make_review(self) -> None:
         self.count_label = QLabel("no mask yet")
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setToolTip(TIPS["legend"])
         self.review_button = QPushButton("Mark slice reviewed")
         self.review_button.clicked.connect(lambda: self.mark_reviewed())
         self.review = ReviewPanel(self.jump_to, self.refresh_review)
@@ -252,11 +258,20 @@ class SegmentControls(QWidget):
         export.addWidget(self.export_button)
         export.addWidget(self.export_variance)
         layout.addLayout(status)
+        layout.addWidget(self.legend)
         layout.addLayout(display)
         layout.addWidget(self.review)
         layout.addLayout(export)
         layout.addStretch(1)
         return widget
+
+    def set_legend(self, entries: list[tuple[str, tuple[float, ...]]]) -> None:
+        """Show ``[(class name, rgba), ...]`` as coloured squares with names."""
+        parts = []
+        for name, rgba in entries:
+            r, g, b = (int(255 * float(c)) for c in rgba[:3])
+            parts.append(f'<span style="color: rgb({r},{g},{b})">■</span> {html.escape(name)}')
+        self.legend.setText("&nbsp;&nbsp;".join(parts))
 
     def _update_cost(self, *_: Any) -> None:
         self.cost_label.setText(cost_text(self.ensemble.value(), self.steps.value()))
