@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_medsegdiff.gui.review import UNCERTAIN_VARIANCE
+
 
 class ReviewPanel(QGroupBox):
     """A ranked slice list with previous / next; ``on_jump(index)`` moves the viewer."""
@@ -27,7 +29,8 @@ class ReviewPanel(QGroupBox):
         self.list.setMaximumHeight(140)
         self.list.setToolTip(
             "Slices ranked by ensemble disagreement along the mask boundary: the share of "
-            "boundary pixels where the samples disagree (variance >= 0.05). Click to jump there"
+            "boundary pixels where the samples disagree about the class (variance >= "
+            f"{UNCERTAIN_VARIANCE}: about one sample in five votes otherwise). Click to jump there"
         )
         self.list.itemClicked.connect(self._clicked)
         self.list.currentRowChanged.connect(self._row_changed)
