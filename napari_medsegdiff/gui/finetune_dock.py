@@ -123,8 +123,8 @@ class FinetuneDock(QWidget):
         data, data_layout = page()
         data_form = QFormLayout()
         data_form.addRow("Held out", self.holdout)
-        data_layout.addWidget(self.count_label)
         data_layout.addLayout(data_form)
+        data_layout.addWidget(self.count_label)
         data_layout.addStretch(1)
         self.tabs.add_page("Data", data, "Which slices train and which are held out")
         training, train_layout = page()
@@ -219,7 +219,14 @@ class FinetuneDock(QWidget):
         labels = self.labels_combo.layer()
         if labels is not None:
             self._follow_labels(labels)
-        self.count_label.setText(self.plan().note)
+        plan = self.plan()
+        self.count_label.setText(plan.note)
+        if self.progress.format().startswith("ready"):
+            self.progress.setFormat(
+                f"ready: Start trains on {len(plan.train)} slice(s)"
+                if plan.ready
+                else "ready: correct some slices, then Start"
+            )
 
     def _image_data(self, image: Any, channels: int) -> np.ndarray:
         """The image (z, y, x) or, for a multi-channel model, its ``[cN]`` siblings stacked."""
