@@ -55,11 +55,8 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_segment(sub) -> None:
+    """The ``segment`` subcommand's arguments."""
     seg = sub.add_parser("segment", help="segment NIfTI scan(s) with a diffusion ensemble")
     seg.add_argument(
         "images",
@@ -130,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--resume", action="store_true", help="cohort: skip scans whose outputs already exist"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_segment(sub)
 
     tr = sub.add_parser("train", help="train a model on a data folder")
     tr.add_argument("--data", required=True, help="data folder")

@@ -10,34 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtGui import QDoubleValidator
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFormLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
 
 from napari_medsegdiff.checkpoints import read_model_info
 from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
-from napari_medsegdiff.gui.loss_plot import LossPlot
-from napari_medsegdiff.gui.sections import Tabs, page
+from napari_medsegdiff.gui.finetune_ui import FinetuneControls
 from napari_medsegdiff.gui.segment_dock import SegmentDock
 from napari_medsegdiff.gui.widgets import (
-    LayerCombo,
-    ModelPicker,
-    device_combo,
     find_dock,
     notify_error,
     notify_info,
@@ -48,10 +31,9 @@ from napari_medsegdiff.progress import CancelToken
 
 log = logging.getLogger(__name__)
 PLOT_MS = 300  # curve and progress redraws at most ~3 times per second
-NO_LABELS = "choose the corrected labels…"
 
 
-class FinetuneDock(QWidget):
+class FinetuneDock(FinetuneControls):
     """Fine-tune the proposal's model on corrected + reviewed slices (a new store version)."""
 
     finished = Signal(object)  # FinetuneResult or None
@@ -79,93 +61,6 @@ class FinetuneDock(QWidget):
         self._on_labels_changed()
         self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
         self.warmup.start()
-
-    def _build_ui(self) -> None:
-        self.labels_combo = LayerCombo(
-            self.viewer,
-            lambda lay: isinstance(lay, Labels),
-            prefer=lambda lay: lay.metadata.get(L.ROLE) == "mask",  # masks the Segment dock made
-            placeholder=NO_LABELS,
-        )
-        self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
-        self.image_combo = LayerCombo(
-            self.viewer, lambda lay: isinstance(lay, Image) and not L.is_result_layer(lay)
-        )
-        self.model_picker = ModelPicker()
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(200)
-        self.lr = QLineEdit("5e-5")
-        self.lr.setValidator(QDoubleValidator(1e-9, 1.0, 12))
-        self.device = device_combo()
-        self.holdout = QComboBox()
-        self.holdout.addItems(list(MODES))
-        self.holdout.currentTextChanged.connect(lambda _: self.update_counts())
-        self.count_label = QLabel("")
-        self.count_label.setWordWrap(True)
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self._start_stop)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(0)  # a reset bar (value -1) shows no text
-        self.progress.setFormat("ready: correct some slices, then Start")
-        self.progress.setTextVisible(True)
-        self.plot = LossPlot()
-        self.resegment_button = QPushButton("Re-segment uncorrected slices")
-        self.resegment_button.setEnabled(False)
-        self.resegment_button.clicked.connect(lambda: self.resegment())
-        self._set_tooltips()
-        top = QFormLayout()
-        top.addRow("Corrected labels", self.labels_combo)
-        top.addRow("Image", self.image_combo)
-        top.addRow("Base model", self.model_picker)
-        self.tabs = Tabs()
-        data, data_layout = page()
-        data_form = QFormLayout()
-        data_form.addRow("Held out", self.holdout)
-        data_layout.addLayout(data_form)
-        data_layout.addWidget(self.count_label)
-        data_layout.addStretch(1)
-        self.tabs.add_page("Data", data, "Which slices train and which are held out")
-        training, train_layout = page()
-        form = QFormLayout()
-        form.addRow("Steps", self.steps)
-        form.addRow("Learning rate", self.lr)
-        form.addRow("Device", self.device)
-        train_layout.addLayout(form)
-        train_layout.addStretch(1)
-        self.tabs.add_page("Training", training, "Steps, learning rate, device")
-        curve, curve_layout = page()
-        curve_layout.addWidget(self.plot)
-        self.tabs.add_page("Curve", curve, "Loss and held-out Dice while training")
-        layout = QVBoxLayout(self)
-        layout.addLayout(top)
-        layout.addWidget(self.tabs, 1)
-        layout.addWidget(self.start_button)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.resegment_button)
-
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.labels_combo: "The labels to learn from: a mask the Segment dock made (after "
-            "your corrections), or any labels layer you choose here",
-            self.image_combo: "The scan those labels belong to",
-            self.model_picker.combo: "The model to start from; the result is a new version, "
-            "the base stays as it is",
-            self.steps: "Training steps (batches of 4 slices). Time grows linearly: about "
-            "a second per step on a laptop CPU with the default model",
-            self.lr: "Learning rate (AdamW), e.g. 5e-5. Higher learns faster from few "
-            "slices but may forget what the model knew",
-            self.device: "Where to train: auto picks a GPU (cuda / mps) if present, else the CPU",
-            self.holdout: "Hold out 1 in 5 slices (with at least 4) to measure Dice on "
-            "slices not trained on, or train on all and see the proposal's Dice instead",
-            self.start_button: "Train a new model version on the slices listed above; "
-            "click again to stop (the best weights so far are kept)",
-            self.resegment_button: "Run the Segment dock with the new version on the segmented "
-            "slices you neither corrected nor reviewed",
-        }
-        for widget, tip in tips.items():
-            widget.setToolTip(tip)
 
     # -------------------------------------------------------------- inputs
     @property
