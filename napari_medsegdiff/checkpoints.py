@@ -442,6 +442,14 @@ def training_run_model(folder: str | Path) -> tuple[Path, str | None]:
     return folder, None
 
 
+def recommended_sampler(meta: Mapping[str, Any]) -> dict[str, int]:
+    """The ``sampler`` section of a model's config.json: ensemble / steps / seed, if given."""
+    section = meta.get("sampler")
+    if not isinstance(section, Mapping):
+        return {}
+    return {k: section[k] for k in ("ensemble", "steps", "seed") if isinstance(section.get(k), int)}
+
+
 def class_names(meta: Mapping[str, Any], classes: int) -> list[str]:
     """Names for label values ``0..classes-1`` from a model's config.json contents.
 

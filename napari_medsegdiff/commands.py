@@ -141,17 +141,14 @@ def _model_arg(model: str | None) -> str | None:
 
 
 def recommended_sampler(model: str | None) -> dict:
-    """The ``sampler`` section of the model's config.json (ensemble / steps / seed), if any."""
-    from napari_medsegdiff.checkpoints import read_model_info, resolve_model
+    """The model's recommended ensemble / steps / seed (its config.json), if any."""
+    from napari_medsegdiff import checkpoints
 
     try:
-        meta = read_model_info(resolve_model(model)).meta
+        meta = checkpoints.read_model_info(checkpoints.resolve_model(model)).meta
     except InputError:
         return {}  # reported properly when the model loads
-    section = meta.get("sampler")
-    if not isinstance(section, dict):
-        return {}
-    return {k: section[k] for k in ("ensemble", "steps", "seed") if isinstance(section.get(k), int)}
+    return checkpoints.recommended_sampler(meta)
 
 
 def _sampler_from_args(args: argparse.Namespace) -> SamplerConfig:

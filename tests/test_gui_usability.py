@@ -305,3 +305,30 @@ def test_browse_accepts_a_training_run(make_napari_viewer, tmp_path, tiny_model,
     assert seg.model_picker.open_folder(run)
     assert seg.model_picker.current_path() == run / "best"
     assert any("training run: using its best/ model" in n for n in notes)
+
+
+# 12 (the docks too) ---------------------------------------------------------------------
+def test_model_recommended_sampler_is_taken(make_napari_viewer, tmp_path):
+    from napari_medsegdiff.checkpoints import save_model
+    from napari_medsegdiff.cli import build_parser
+    from napari_medsegdiff.commands import _sampler_from_args
+    from napari_medsegdiff.config import preset
+    from napari_medsegdiff.gui.segment_dock import SegmentDock
+    from napari_medsegdiff.model import build_model
+
+    cfg = preset("tiny")
+    meta = {"sampler": {"ensemble": 3, "steps": 12, "seed": 4}}
+    model = save_model(tmp_path / "rec", build_model(cfg).state_dict(), cfg, meta=meta)
+    viewer = make_napari_viewer()
+    dock = SegmentDock(viewer)
+    dock.select_model(model)
+    assert (dock.ensemble.value(), dock.steps.value(), dock.seed.value()) == (3, 12, 4)
+    args = build_parser().parse_args(
+        ["segment", "a.nii.gz", "-o", "m.nii.gz", "--model", str(model)]
+    )
+    sampler = _sampler_from_args(args)
+    assert (sampler.ensemble, sampler.steps, sampler.seed) == (3, 12, 4)
+    args = build_parser().parse_args(
+        ["segment", "a.nii.gz", "-o", "m.nii.gz", "--model", str(model), "--steps", "7"]
+    )
+    assert _sampler_from_args(args).steps == 7

@@ -23,7 +23,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medsegdiff.checkpoints import read_model_info, recommended_sampler
 from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.errors import MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.review_panel import ReviewPanel
 from napari_medsegdiff.gui.sections import Tabs, page
@@ -182,6 +184,7 @@ class SegmentControls(QWidget):
         self.seed = _spin(0, 2**31 - 1, 0)
         self.cost_label = QLabel()
         self.cost_label.setWordWrap(True)
+        self.model_picker.changed.connect(self._apply_recommended)
         self.ensemble.valueChanged.connect(self._update_cost)
         self.steps.valueChanged.connect(self._update_cost)
         for widget, key in (
@@ -272,6 +275,19 @@ class SegmentControls(QWidget):
             r, g, b = (int(255 * float(c)) for c in rgba[:3])
             parts.append(f'<span style="color: rgb({r},{g},{b})">■</span> {html.escape(name)}')
         self.legend.setText("&nbsp;&nbsp;".join(parts))
+
+    def _apply_recommended(self, path: str) -> None:
+        """Take the model's recommended ensemble / steps / seed (config.json), if it has any."""
+        if not path:
+            return
+        try:
+            meta = read_model_info(path).meta
+        except MedSegDiffError:
+            return  # reported when the model is used
+        values = recommended_sampler(meta)
+        for key, box in (("ensemble", self.ensemble), ("steps", self.steps), ("seed", self.seed)):
+            if key in values:
+                box.setValue(int(values[key]))
 
     def _update_cost(self, *_: Any) -> None:
         self.cost_label.setText(cost_text(self.ensemble.value(), self.steps.value()))
