@@ -253,12 +253,16 @@ def test_uncertainty_reads_at_a_glance(make_napari_viewer, qtbot, tmp_path, tiny
     assert hi < 1.0 and (lo, hi) == pytest.approx(display_limits(variance.data, mask.data))
     seg.top_only.setChecked(True)
     assert variance.contrast_limits[0] > lo
+    seg.top_only.setChecked(False)
     items = [seg.review.list.item(i).text() for i in range(seg.review.list.count())]
     assert items and all("% of the boundary uncertain" in t for t in items)
     seg.three_d.setChecked(True)
-    assert viewer.dims.ndisplay == 3
+    assert viewer.dims.ndisplay == 3 and variance.rendering == "mip"
+    assert [lay.name for lay in viewer.layers if lay.visible] == [variance.name]
+    assert seg.top_only.isChecked()  # a projection of everything would saturate
     seg.three_d.setChecked(False)
-    assert viewer.dims.ndisplay == 2
+    assert viewer.dims.ndisplay == 2 and mask.visible and viewer.layers["scan"].visible
+    assert not seg.top_only.isChecked()
 
 
 # 9 ------------------------------------------------------------------------------------

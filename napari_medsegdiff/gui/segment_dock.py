@@ -54,6 +54,8 @@ class SegmentDock(SegmentControls):
         self._worker: Any = None
         self._cancel: Any = None
         self._relay = ProgressRelay()
+        self._hidden_for_3d: list[Any] = []  # layers the 3-D view hid, shown again after
+        self._top_only_before_3d = False
         self._run_progress = RunProgress(1, 1)
         self._pending: list[Any] = []
         self._writer: L.ResultWriter | None = None
@@ -336,15 +338,31 @@ class SegmentDock(SegmentControls):
             self._writer.top_only = self.top_only.isChecked()
 
     def show_3d(self, on: bool) -> None:
-        """3-D view of the uncertainty (maximum intensity projection) or back to 2-D."""
+        """3-D view of the uncertainty alone (maximum intensity projection), or back to 2-D.
+
+        The other layers are hidden in 3-D (they would hide the uncertainty) and only the
+        most uncertain voxels are drawn; going back restores both.
+        """
         variance = self.variance_layer()
         if on and variance is None:
             notify_info("no uncertainty yet: run a segmentation first")
             self.three_d.setChecked(False)
             return
-        if variance is not None:
-            variance.rendering = "mip" if on else variance.rendering
+        if on:
+            others = [lay for lay in self.viewer.layers if lay is not variance]
+            self._hidden_for_3d = [lay for lay in others if lay.visible]
+            for layer in self._hidden_for_3d:
+                layer.visible = False
             variance.visible = True
+            variance.rendering = "mip"
+            self._top_only_before_3d = self.top_only.isChecked()
+            self.top_only.setChecked(True)  # a projection of everything saturates
+        else:
+            for layer in self._hidden_for_3d:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+            self._hidden_for_3d = []
+            self.top_only.setChecked(self._top_only_before_3d)
         self.viewer.dims.ndisplay = 3 if on else 2
 
     def jump_to(self, index: int) -> None:

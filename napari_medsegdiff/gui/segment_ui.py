@@ -83,7 +83,8 @@ TIPS = {
     "review": "Mark the slice on screen as checked: it is kept on re-runs and used as "
     "training data by the Fine-tune dock",
     "top_only": "Show only the most uncertain tenth of the boundary voxels",
-    "three_d": "Show the uncertainty in 3-D (maximum intensity projection); click again for 2-D",
+    "three_d": "Show the uncertainty alone in 3-D (maximum intensity projection: where along "
+    "the volume the samples disagree); click again for 2-D with the layers as they were",
     "legend": "The mask's colours and class names (from the model); hovering the image "
     "shows the class under the cursor in the status bar",
     "export": "Save the mask as NIfTI aligned voxel for voxel with the source scan",
