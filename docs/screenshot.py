@@ -28,6 +28,17 @@ def tiny_untrained_model(folder: Path) -> Path:
     return save_model(folder / "tiny-untrained", build_model(cfg).state_dict(), cfg)
 
 
+def hover_on_a_class(viewer, mask, z: int) -> None:
+    """Put the cursor on a labelled voxel: the status bar shows its class name."""
+    import numpy as np
+
+    ys, xs = np.nonzero(np.asarray(mask.data[z]) == 1)
+    if len(ys):
+        k = len(ys) // 2
+        world = mask.data_to_world([z, ys[k], xs[k]])
+        viewer.cursor.position = (viewer.dims.point[0], *world[1:])
+
+
 def wait(app, condition, timeout: float) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -86,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if ranked:
         segment.review.list.setCurrentRow(0)  # jumps to the most uncertain slice
     segment.tabs.show_page("Review")  # class names, readable uncertainty scores
-    viewer.layers.selection.active = segment.mask_layer()
+    mask = segment.mask_layer()
+    viewer.layers.selection.active = mask
+    hover_on_a_class(viewer, mask, L.current_index(viewer, mask))
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()
