@@ -298,6 +298,10 @@ def test_small_things(make_napari_viewer, qtbot, tmp_path, tiny_model, notes):
     assert label in texts
     deep = tmp_path / ("very-long-folder-name-" * 4) / "sub" / "mask.nii.gz"
     assert len(short_path(deep)) <= 60 and short_path(deep).endswith("mask.nii.gz")
+    from napari_medsegdiff.gui.widgets import notify_error
+
+    notify_error(f"{deep}: cannot read as NIfTI")
+    assert any(n == f"{short_path(deep)}: cannot read as NIfTI" for n in notes), notes
 
 
 # 13 -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +25,21 @@ from napari_medsegdiff.checkpoints import (
 from napari_medsegdiff.devices import available_devices
 from napari_medsegdiff.errors import MedSegDiffError
 
+_PATH = re.compile(r"(?<![\w.~])(?:~|/)[^\s'\"(),;:]*/[^\s'\"(),;:]+")
+
+
+def fit_paths(text: str, width: int = 60) -> str:
+    """Long absolute paths in a message shortened (home as ``~``, middle elided)."""
+    return _PATH.sub(lambda m: short_path(m.group(0), width), text)
+
 
 def notify_error(exc: BaseException | str) -> None:
     """Show a user error as a napari notification (plain message, no traceback)."""
-    notifications.show_error(str(exc))
+    notifications.show_error(fit_paths(str(exc)))
 
 
 def notify_info(message: str) -> None:
-    notifications.show_info(message)
+    notifications.show_info(fit_paths(message))
 
 
 def short_path(path: str | Path, width: int = 60) -> str:
