@@ -24,7 +24,7 @@ import numpy as np
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.finetune import corrected_slices
-from napari_medsegdiff.gui.review import display_limits
+from napari_medsegdiff.gui.review import boundary_values, limits_from_values
 
 PROPOSAL = "medsegdiff_proposal"
 SEGMENTED = "medsegdiff_segmented"
@@ -290,6 +290,9 @@ class ResultWriter:
         self.mask, self.variance = mask, variance
         self.keep = keep_corrections
         self.top_only = False
+        # boundary variance of the slices written by this run: display limits while it runs
+        # without re-scanning the volume (the dock recomputes over all slices at the end)
+        self.edge_values: dict[int, np.ndarray] = {}
         self.pending: list[Any] = []
         self.written: list[int] = []
         self.skipped: list[int] = []
@@ -317,6 +320,7 @@ class ResultWriter:
             labels[z] = result.mask
             proposal[z] = result.mask
             var[z] = result.variance
+            self.edge_values[z] = boundary_values(result.variance, result.mask)
             done.add(z)
             self.written.append(z)
             wrote += 1
@@ -324,9 +328,8 @@ class ResultWriter:
             meta[SEGMENTED] = sorted(done)
             if not self.keep:
                 meta[REVIEWED] = sorted(set(reviewed(self.mask)) - set(self.written))
-            self.variance.contrast_limits = display_limits(
-                var, labels, meta[SEGMENTED], self.top_only
-            )
+            values = np.concatenate(list(self.edge_values.values()))
+            self.variance.contrast_limits = limits_from_values(values, self.top_only)
             self.mask.refresh()
             self.variance.refresh()
         return wrote

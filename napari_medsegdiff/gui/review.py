@@ -92,14 +92,25 @@ def display_limits(
     variance = np.asarray(variance)
     mask = np.asarray(mask)
     indices = range(variance.shape[0]) if slices is None else sorted({int(s) for s in slices})
-    values = [variance[z][boundary_region(mask[z])] for z in indices if 0 <= z < len(variance)]
+    values = [boundary_values(variance[z], mask[z]) for z in indices if 0 <= z < len(variance)]
     region = np.concatenate(values) if values else np.empty(0)
     if not region.size or not region.any():
         region = variance[variance > 0]
-    if not region.size:
+    return limits_from_values(region, top_only)
+
+
+def boundary_values(variance: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The variance of one (H, W) slice on its mask boundary (1-D float array)."""
+    return np.asarray(variance)[boundary_region(mask)].ravel()
+
+
+def limits_from_values(values: np.ndarray, top_only: bool = False) -> tuple[float, float]:
+    """(median or 90th percentile, 99th percentile) of ``values``; ``(0, 1e-3)`` if none."""
+    values = np.asarray(values)
+    if not values.size or not values.any():
         return 0.0, 1e-3
-    lo = float(np.percentile(region, 90 if top_only else 50))
-    hi = float(np.percentile(region, 99))
+    lo = float(np.percentile(values, 90 if top_only else 50))
+    hi = float(np.percentile(values, 99))
     if hi <= lo:
         hi = lo + max(1e-6, abs(lo) * 1e-3)
     return lo, hi
