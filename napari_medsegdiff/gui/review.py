@@ -114,3 +114,26 @@ def limits_from_values(values: np.ndarray, top_only: bool = False) -> tuple[floa
     if hi <= lo:
         hi = lo + max(1e-6, abs(lo) * 1e-3)
     return lo, hi
+
+
+def review_volume(
+    variance: np.ndarray,
+    mask: np.ndarray,
+    slices: Iterable[int],
+    threshold: float = UNCERTAIN_VARIANCE,
+) -> tuple[list[tuple[int, float]], dict[int, float], np.ndarray]:
+    """One pass over ``slices`` of (z, y, x) arrays: the ranking (as
+    :func:`rank_slices_by_uncertainty`), the uncertain share of each slice's boundary, and
+    all boundary variance values (for :func:`limits_from_values`)."""
+    scores, shares, values = [], {}, []
+    for z in sorted({int(s) for s in slices}):
+        if not 0 <= z < variance.shape[0]:
+            continue
+        var = np.asarray(variance[z], dtype=np.float64)
+        edge = boundary_region(np.asarray(mask[z]))
+        region = var[edge] if edge.any() else var
+        scores.append((z, float(region.mean()) if region.size else 0.0))
+        shares[z] = float((var[edge] >= threshold).mean()) if edge.any() else 0.0
+        values.append(np.asarray(variance[z])[edge].ravel())
+    ranking = sorted(scores, key=lambda item: -item[1])
+    return ranking, shares, np.concatenate(values) if values else np.empty(0)

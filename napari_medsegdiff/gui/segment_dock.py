@@ -18,11 +18,7 @@ from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.export import ask_export_target
-from napari_medsegdiff.gui.review import (
-    boundary_uncertain_fraction,
-    display_limits,
-    rank_slices_by_uncertainty,
-)
+from napari_medsegdiff.gui.review import display_limits, limits_from_values, review_volume
 from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
 from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
 from napari_medsegdiff.gui.workers import (
@@ -319,12 +315,11 @@ class SegmentDock(SegmentControls):
             self.review.set_ranking([])
             return
         done = mask.metadata.get(L.SEGMENTED, [])
-        ranking = rank_slices_by_uncertainty(variance.data, mask.data, done)
-        shares = {
-            z: boundary_uncertain_fraction(variance.data[z], mask.data[z]) for z, _ in ranking
-        }
+        ranking, shares, values = review_volume(variance.data, mask.data, done)
         self.review.set_ranking(ranking, shares)
-        self.update_uncertainty_display()
+        if not values.any():
+            values = np.asarray(variance.data)[np.asarray(variance.data) > 0]
+        variance.contrast_limits = limits_from_values(values, self.top_only.isChecked())
 
     def update_uncertainty_display(self) -> None:
         """Contrast limits from the boundary region (all of it, or its top tenth)."""
