@@ -340,3 +340,23 @@ def test_model_recommended_sampler_is_taken(make_napari_viewer, tmp_path):
         ["segment", "a.nii.gz", "-o", "m.nii.gz", "--model", str(model), "--steps", "7"]
     )
     assert _sampler_from_args(args).steps == 7
+
+
+def test_review_volume_is_one_pass_of_the_single_functions():
+    from napari_medsegdiff.gui.review import (
+        boundary_uncertain_fraction,
+        display_limits,
+        limits_from_values,
+        rank_slices_by_uncertainty,
+        review_volume,
+    )
+
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (5, 24, 20)).astype(np.uint8)
+    mask[:, :8] = 0
+    variance = (rng.random((5, 24, 20)) * 0.3).astype(np.float32)
+    ranking, shares, values = review_volume(variance, mask, [4, 0, 2])
+    assert ranking == rank_slices_by_uncertainty(variance, mask, [0, 2, 4])
+    assert shares == {z: boundary_uncertain_fraction(variance[z], mask[z]) for z in (0, 2, 4)}
+    assert 0 < shares[0] < 1
+    assert limits_from_values(values) == display_limits(variance, mask, [0, 2, 4])
