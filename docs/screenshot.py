@@ -1,5 +1,8 @@
 """Make docs/images/screenshot.png: the demo viewer after segmenting a few central slices.
 
+The picture shows a real run: the mask (own colours), the uncertainty layer over it, and
+the Segment dock's Review tab with the class names and the ranked slices.
+
 Run with a display (or headless: ``xvfb-run -a .venv/bin/python docs/screenshot.py``).
 Uses the shipped default model when installed; otherwise pass ``--model FOLDER`` (with
 ``--model tiny`` an untrained tiny model is built in a temporary folder: layout only).
@@ -25,6 +28,17 @@ def tiny_untrained_model(folder: Path) -> Path:
     return save_model(folder / "tiny-untrained", build_model(cfg).state_dict(), cfg)
 
 
+def hover_on_a_class(viewer, mask, z: int) -> None:
+    """Put the cursor on a labelled voxel: the status bar shows its class name."""
+    import numpy as np
+
+    ys, xs = np.nonzero(np.asarray(mask.data[z]) == 1)
+    if len(ys):
+        k = len(ys) // 2
+        world = mask.data_to_world([z, ys[k], xs[k]])
+        viewer.cursor.position = (viewer.dims.point[0], *world[1:])
+
+
 def wait(app, condition, timeout: float) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -42,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--size", default="1500x950", help="window size WxH")
+    parser.add_argument("--size", default="1366x768", help="window size WxH (a laptop)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
 
@@ -82,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ranked = segment.review.slices()
     if ranked:
         segment.review.list.setCurrentRow(0)  # jumps to the most uncertain slice
-    viewer.layers.selection.active = segment.mask_layer()
+    segment.tabs.show_page("Review")  # class names, readable uncertainty scores
+    mask = segment.mask_layer()
+    viewer.layers.selection.active = mask
+    hover_on_a_class(viewer, mask, L.current_index(viewer, mask))
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()

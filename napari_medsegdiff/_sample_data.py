@@ -15,10 +15,17 @@ from importlib import resources
 from napari_medsegdiff._reader import LayerData, layer_data_from_volume
 from napari_medsegdiff.nifti import read_volume
 
-__all__ = ["SAMPLE_LABELS_NAME", "SAMPLE_T1_NAME", "make_sample_data", "sample_paths"]
+__all__ = [
+    "SAMPLE_CLASS_NAMES",
+    "SAMPLE_LABELS_NAME",
+    "SAMPLE_T1_NAME",
+    "make_sample_data",
+    "sample_paths",
+]
 
 SAMPLE_T1_NAME = "ICBM152 T1"
 SAMPLE_LABELS_NAME = "ICBM152 tissue (reference)"
+SAMPLE_CLASS_NAMES = ("background", "grey matter", "white matter")
 _T1_FILE = "icbm152_t1.nii.gz"
 _LABELS_FILE = "icbm152_tissue.nii.gz"
 _files = contextlib.ExitStack()
@@ -44,4 +51,10 @@ def make_sample_data() -> list[LayerData]:
     labels = layer_data_from_volume(
         read_volume(labels_path), name=SAMPLE_LABELS_NAME, as_labels=True
     )
+    for _, kwargs, _ in labels:  # hidden: what one sees is the model's output, not this
+        kwargs.update(
+            visible=False,
+            opacity=0.8,
+            features={"index": list(range(3)), "class": list(SAMPLE_CLASS_NAMES)},
+        )
     return [*t1, *labels]

@@ -427,6 +427,51 @@ def list_models(store: ModelStore | None = None) -> list[ModelEntry]:
     return entries
 
 
+def training_run_model(folder: str | Path) -> tuple[Path, str | None]:
+    """A model folder itself, or for a training run (``best/``, ``last/``) its best model.
+
+    Returns ``(model folder, note)``; ``note`` says which sub-folder was taken (None when
+    ``folder`` is a model folder or neither sub-folder holds one).
+    """
+    folder = Path(folder)
+    if (folder / CONFIG).is_file():
+        return folder, None
+    for sub in ("best", "last"):
+        if (folder / sub / CONFIG).is_file():
+            return folder / sub, f"{folder} is a training run: using its {sub}/ model"
+    return folder, None
+
+
+def recommended_sampler(meta: Mapping[str, Any]) -> dict[str, int]:
+    """The ``sampler`` section of a model's config.json: ensemble / steps / seed, if given."""
+    section = meta.get("sampler")
+    if not isinstance(section, Mapping):
+        return {}
+    return {k: section[k] for k in ("ensemble", "steps", "seed") if isinstance(section.get(k), int)}
+
+
+def class_names(meta: Mapping[str, Any], classes: int) -> list[str]:
+    """Names for label values ``0..classes-1`` from a model's config.json contents.
+
+    ``class_names`` (list, index = label value) wins, then a ``classes`` mapping
+    (``{"1": "grey matter"}``); anything unnamed is ``"class N"`` (0 is background).
+    """
+    names = [("background" if k == 0 else f"class {k}") for k in range(max(2, classes))]
+    listed = meta.get("class_names")
+    mapped = meta.get("classes")
+    if isinstance(listed, list):
+        mapped = dict(enumerate(listed))
+    if isinstance(mapped, Mapping):
+        for key, value in mapped.items():
+            try:
+                k = int(key)
+            except (TypeError, ValueError):
+                continue
+            if 0 <= k < len(names) and isinstance(value, str) and value.strip():
+                names[k] = value.strip()
+    return names
+
+
 def resolve_model(name_or_path: str | Path | None, store: ModelStore | None = None) -> Path:
     """``None``/'default' -> shipped model; an existing folder; or a store version name."""
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
@@ -438,7 +483,7 @@ def resolve_model(name_or_path: str | Path | None, store: ModelStore | None = No
         return path
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return path
+        return training_run_model(path)[0]
     if path.is_file():
         raise InputError(f"--model: {path} is a file; pass the model folder that holds it")
     candidate = (store or ModelStore()).root / str(name_or_path)

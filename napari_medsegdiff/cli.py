@@ -16,7 +16,11 @@ from pathlib import Path
 from napari_medsegdiff import __version__
 from napari_medsegdiff.config import FINETUNE_LR as DEFAULT_LR
 from napari_medsegdiff.config import FINETUNE_STEPS as DEFAULT_STEPS
+from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
+
+AUTO_NAME = "<auto>"  # --variance given without a file name
+_SAMPLER = SamplerConfig()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,11 +57,8 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_segment(sub) -> None:
+    """The ``segment`` subcommand's arguments."""
     seg = sub.add_parser(
         "segment", help="segment NIfTI scan(s) or a DICOM series with a diffusion ensemble"
     )
@@ -77,24 +78,55 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "-o", "--output", required=True, help="labels NIfTI to write (a folder for a cohort)"
     )
-    seg.add_argument("--variance", help="also write the ensemble variance as float NIfTI")
+    seg.add_argument(
+        "--variance",
+        nargs="?",
+        const=AUTO_NAME,
+        default=None,
+        metavar="FILE",
+        help="also write the ensemble variance as float NIfTI; alone (no FILE) it is "
+        "<name>_variance.nii.gz beside each mask (the only form for a folder)",
+    )
     seg.add_argument("--probability", help="also write the foreground probability NIfTI")
     seg.add_argument(
         "--model",
         default=None,
         help="model folder or stored version (default: the shipped default model)",
     )
-    seg.add_argument("--ensemble", type=_positive_int, default=5)
-    seg.add_argument("--steps", type=_positive_int, default=20)
-    seg.add_argument("--sampler", default="dpm++", help="dpm++ | ddim | ddpm")
-    seg.add_argument("--fusion", default="mean", help="mean | vote | staple")
+    seg.add_argument(
+        "--ensemble",
+        type=_positive_int,
+        default=None,
+        help="samples per slice, 1-32; time grows with ensemble x steps "
+        f"(default: the model's recommended value, else {_SAMPLER.ensemble})",
+    )
+    seg.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="denoising steps per sample, 1-1000 "
+        f"(default: the model's recommended value, else {_SAMPLER.steps})",
+    )
+    seg.add_argument("--sampler", default="dpm++", help="dpm++ | ddim | ddpm (default: dpm++)")
+    seg.add_argument(
+        "--fusion",
+        default="mean",
+        help="how members combine: mean probability | majority vote | staple "
+        "(rater-weighted EM) (default: mean)",
+    )
     seg.add_argument(
         "--slices",
         default=None,
         help="START:STOP (half-open) or a,b,c along axis 0 of the displayed array; default all",
     )
-    seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    seg.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed: the same seed gives the same masks "
+        f"(default: the model's recommended value, else {_SAMPLER.seed})",
+    )
+    seg.add_argument("--device", default="auto", help="auto | cuda | mps | cpu (default: auto)")
     seg.add_argument("--ct-window", default=None, help="CENTER,WIDTH intensity window for CT")
     seg.add_argument(
         "--chunk-size",
@@ -106,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--resume", action="store_true", help="cohort: skip scans whose outputs already exist"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_segment(sub)
 
     tr = sub.add_parser("train", help="train a model on a data folder")
     tr.add_argument("--data", required=True, help="data folder")
@@ -197,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="labels NIfTI or folder")
     ev.add_argument("--truth", required=True, help="reference NIfTI or folder")
     ev.add_argument("--json", default=None, help="also write the report as JSON")
+    ev.add_argument(
+        "--slices",
+        default=None,
+        help="score only these slices (START:STOP half-open, or a,b,c along axis 0 of the "
+        "displayed array), e.g. the ones a partial segmentation covered; default all",
+    )
 
     demo = sub.add_parser("demo", help="open napari with the sample scan and the docks")
     demo.add_argument(
@@ -204,14 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no window: segment the sample to files and print Dice",
     )
-    demo.add_argument("--out", default="demo_output", help="folder for --headless outputs")
+    demo.add_argument(
+        "--out",
+        default="demo_output",
+        help="folder the headless demo owns: its files there are replaced on each run",
+    )
     demo.add_argument(
         "--slices", default=None, help="slices for --headless (default: a central block)"
     )
     demo.add_argument("--ensemble", type=_positive_int, default=5)
     demo.add_argument("--steps", type=_positive_int, default=20)
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--overwrite", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 

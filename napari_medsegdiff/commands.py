@@ -122,12 +122,61 @@ def segment_files(
     }
 
 
-def _tqdm_or_none(total: int, desc: str, enabled: bool):
+def _tqdm_or_none(total: int, desc: str, enabled: bool, unit: str = "slice"):
     if not enabled:
         return None
     from napari_medsegdiff.cli import _tqdm
 
-    return _tqdm(total, desc, "slice")
+    return _tqdm(total, desc, unit)
+
+
+def _model_arg(model: str | None) -> str | None:
+    """``--model``: a training-run folder means its best/ (else last/) model; say which."""
+    if model is None:
+        return None
+    from napari_medsegdiff.checkpoints import training_run_model
+
+    path, note = training_run_model(Path(model).expanduser())
+    if note:
+        print(f"medsegdiff: --model {note}", file=sys.stderr)
+        return str(path)
+    return model
+
+
+def recommended_sampler(model: str | None) -> dict:
+    """The model's recommended ensemble / steps / seed (its config.json), if any."""
+    from napari_medsegdiff import checkpoints
+
+    try:
+        meta = checkpoints.read_model_info(checkpoints.resolve_model(model)).meta
+    except InputError:
+        return {}  # reported properly when the model loads
+    return checkpoints.recommended_sampler(meta)
+
+
+def _sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
+    """Flags given win; else the model's recommended values; else SamplerConfig's."""
+    chosen = {k: getattr(args, k) for k in ("ensemble", "steps", "seed")}
+    if any(v is None for v in chosen.values()):
+        recommended = recommended_sampler(args.model)
+        chosen = {k: v if v is not None else recommended.get(k) for k, v in chosen.items()}
+    return SamplerConfig(
+        sampler=args.sampler,
+        fusion=args.fusion,
+        chunk_size=args.chunk_size,
+        **{k: v for k, v in chosen.items() if v is not None},
+    )
+
+
+def _variance_path(variance: str | None, output: str) -> str | None:
+    """``--variance`` alone (or the old ``yes``) -> ``<output name>_variance.nii.gz``."""
+    from napari_medsegdiff.cli import AUTO_NAME
+    from napari_medsegdiff.nifti import nifti_stem
+
+    if variance in (AUTO_NAME, "yes"):
+        out = Path(output)
+        return str(out.with_name(f"{nifti_stem(out)}_variance.nii.gz"))
+    return variance
 
 
 def _tqdm_progress(desc: str, unit: str):
@@ -151,14 +200,10 @@ def _tqdm_progress(desc: str, unit: str):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    sampler = SamplerConfig(
-        sampler=args.sampler,
-        steps=args.steps,
-        ensemble=args.ensemble,
-        fusion=args.fusion,
-        seed=args.seed,
-        chunk_size=args.chunk_size,
-    )
+    from napari_medsegdiff.cli import AUTO_NAME
+
+    args.model = _model_arg(args.model)
+    sampler = _sampler_from_args(args)
     window = _parse_window(args.ct_window)
     from napari_medsegdiff.dicom import is_dicom_input
 
@@ -173,6 +218,11 @@ def run_segment(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--series: {args.images[0]} is a folder of NIfTI scans (a cohort), not a "
                 "DICOM series"
+            )
+        if args.variance not in (None, AUTO_NAME, "yes"):
+            raise InputError(
+                f"--variance {args.variance}: for a folder give --variance alone; each scan's "
+                "variance is written as <name>_variance.nii.gz beside its mask"
             )
 
         summary = segment_cohort(
@@ -201,7 +251,7 @@ def run_segment(args: argparse.Namespace) -> int:
     info = segment_files(
         args.images,
         args.output,
-        variance=args.variance,
+        variance=_variance_path(args.variance, args.output),
         probability=args.probability,
         model=args.model,
         sampler=sampler,
@@ -249,7 +299,7 @@ def run_train(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
         )
         train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
-        bar = _tqdm_or_none(args.steps, "train", True)
+        bar = _tqdm_or_none(args.steps, "train", True, unit="step")
 
         def on_progress(p) -> None:
             if bar is not None:
@@ -282,6 +332,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from napari_medsegdiff.finetune import finetune_files
     from napari_medsegdiff.segmenter import parse_slices
 
+    args.model = _model_arg(args.model)
     slices = None
     if args.slices:
         from napari_medsegdiff.nifti import read_volume
@@ -316,6 +367,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.suggest import suggest_slices
 
+    args.model = _model_arg(args.model)
     volume = read_scan(args.image, series=args.series)
     suggestion = suggest_slices(
         args.model,
@@ -335,7 +387,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from napari_medsegdiff.cli import write_json
     from napari_medsegdiff.evaluate import evaluate_paths, format_report
 
-    report = evaluate_paths(Path(args.pred), Path(args.truth))
+    report = evaluate_paths(Path(args.pred), Path(args.truth), slices=args.slices)
     print(format_report(report))
     if args.json:
         write_json(args.json, report)

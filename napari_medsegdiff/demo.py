@@ -1,7 +1,9 @@
 """The README's main job without a window: segment the sample scan to NIfTI files.
 
 Writes ``<out>/icbm152_t1_mask.nii.gz`` and ``..._variance.nii.gz`` aligned with the sample
-scan and returns a one-paragraph summary with Dice per class against the reference labels.
+scan and returns a one-paragraph summary with Dice per class against the reference labels,
+scored on the segmented slices. The demo owns ``<out>``: a second run replaces its own two
+files there (nothing else in the folder is touched).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.errors import InputError
 
 CLASS_NAMES = {1: "GM", 2: "WM"}
 
@@ -28,10 +31,13 @@ def run_headless_demo(
     ensemble: int = 5,
     steps: int = 20,
     device: str = "auto",
-    overwrite: bool = False,
+    overwrite: bool = True,
     model: str | None = None,
 ) -> str:
-    """Segment the sample scan with the default model; return a printable summary."""
+    """Segment the sample scan with the default model; return a printable summary.
+
+    ``overwrite`` is kept for callers; the demo always replaces its own output files.
+    """
     from napari_medsegdiff._sample_data import sample_paths
     from napari_medsegdiff.commands import segment_files
     from napari_medsegdiff.metrics import dice
@@ -39,7 +45,10 @@ def run_headless_demo(
     from napari_medsegdiff.segmenter import parse_slices
 
     t1, tissue = sample_paths()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
     mask_path, var_path = out / "icbm152_t1_mask.nii.gz", out / "icbm152_t1_variance.nii.gz"
     reference = np.rint(read_volume(tissue).data).astype(np.int64)
     spec = slices or default_demo_slices(reference.shape[0])
@@ -51,7 +60,7 @@ def run_headless_demo(
         sampler=SamplerConfig(steps=steps, ensemble=ensemble),
         slices=spec,
         device=device,
-        overwrite=overwrite,
+        overwrite=True,  # the demo's own files in its own folder: replaced on every run
     )
     pred = np.rint(read_volume(mask_path).data).astype(np.int64)
     idx = parse_slices(spec, reference.shape[0])
@@ -59,7 +68,8 @@ def run_headless_demo(
     mean = float(np.mean(list(scores.values())))
     parts = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
     return (
-        f"wrote {mask_path} and {var_path} ({info['slices']} slices {spec}, "
-        f"{info['seconds']:.1f} s, model {info['model']}); "
-        f"Dice vs reference: {parts}, mean {mean:.3f}"
+        f"wrote {mask_path.name} and {var_path.name} into {out} (replaced on each demo run; "
+        f"{info['slices']} slices {spec}, {info['seconds']:.1f} s, model {info['model']}); "
+        f"Dice vs reference on those slices: {parts}, mean {mean:.3f} "
+        f"(medsegdiff evaluate --pred {mask_path} --truth {tissue} --slices {spec})"
     )

@@ -82,19 +82,47 @@ def _jsonify(metrics: dict[str, float]) -> dict[str, float | None]:
     return {key: json_number(metrics[key]) for key in METRIC_KEYS}
 
 
-def evaluate_case(pred: Path, truth: Path, labels: Iterable[int] | None = None) -> dict[str, Any]:
-    """Report for one pair of NIfTI label files (see the module docstring)."""
-    pred_labels, _ = _load_labels(pred)
-    truth_labels, spacing = _load_labels(truth)
+def _load_display_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Labels in the displayed (napari) axis order, where ``--slices`` counts, and spacing."""
+    from napari_medsegdiff.nifti import read_volume
+
+    volume = read_volume(path)
+    if volume.data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D label volume, got shape {volume.data.shape}")
+    return np.rint(volume.data).astype(np.int64), tuple(volume.spacing)
+
+
+def evaluate_case(
+    pred: Path,
+    truth: Path,
+    labels: Iterable[int] | None = None,
+    slices: str | None = None,
+) -> dict[str, Any]:
+    """Report for one pair of NIfTI label files (see the module docstring).
+
+    ``slices`` (``START:STOP`` or ``a,b,c`` along the displayed axis 0) limits the score to
+    those slices, e.g. the ones a partial segmentation covered.
+    """
+    load = _load_labels if slices is None else _load_display_labels
+    pred_labels, _ = load(pred)
+    truth_labels, spacing = load(truth)
     if pred_labels.shape != truth_labels.shape:
         raise InputError(
             f"{pred} and {truth}: shapes differ, {pred_labels.shape} vs {truth_labels.shape}"
         )
+    report: dict[str, Any] = {}
+    if slices is not None:
+        from napari_medsegdiff.segmenter import parse_slices
+
+        idx = parse_slices(slices, pred_labels.shape[0])
+        pred_labels, truth_labels = pred_labels[idx], truth_labels[idx]
+        report["slices"] = idx
     summary = summarize(pred_labels, truth_labels, spacing, labels)
     return {
         "pred": str(pred),
         "truth": str(truth),
         "spacing_mm": list(spacing),
+        **report,
         "labels": {str(k): _jsonify(v) for k, v in summary["labels"].items()},
         "mean": _jsonify(summary["mean"]),
     }
@@ -133,7 +161,10 @@ def _pairs(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
 
 
 def evaluate_paths(
-    pred: str | Path, truth: str | Path, labels: Iterable[int] | None = None
+    pred: str | Path,
+    truth: str | Path,
+    labels: Iterable[int] | None = None,
+    slices: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a prediction file/folder against a ground-truth file/folder.
 
@@ -142,7 +173,8 @@ def evaluate_paths(
     the module docstring.
     """
     chosen = None if labels is None else [int(v) for v in labels]
-    cases = [evaluate_case(p, t, chosen) for p, t in _pairs(Path(pred), Path(truth))]
+    pairs = _pairs(Path(pred), Path(truth))
+    cases = [evaluate_case(p, t, chosen, slices) for p, t in pairs]
     label_names = sorted({k for case in cases for k in case["labels"]}, key=int)
     per_label = {
         name: _mean_over([c["labels"][name] for c in cases if name in c["labels"]])
@@ -177,5 +209,19 @@ def format_report(report: dict[str, Any]) -> str:
     for label, m in report.get("labels", {}).items():
         lines.append(row("mean", label, m))
     lines.append(row("mean", "all", report["mean"]))
-    lines.append(f"{len(report['cases'])} case(s); '-' = undefined (e.g. a label missed entirely)")
+    scope = ""
+    first = report["cases"][0] if report["cases"] else {}
+    if "slices" in first:
+        scope = f" on {len(first['slices'])} slice(s) {_span(first['slices'])}"
+    lines.append(
+        f"{len(report['cases'])} case(s){scope}; '-' = undefined (e.g. a label missed entirely)"
+    )
     return "\n".join(lines)
+
+
+def _span(indices: list[int]) -> str:
+    """``[3, 4, 5]`` -> ``3:6``; otherwise the list, shortened."""
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}:{indices[-1] + 1}"
+    shown = ",".join(str(i) for i in indices[:8])
+    return shown + ("…" if len(indices) > 8 else "")

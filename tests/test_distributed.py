@@ -321,8 +321,7 @@ def test_torchrun_cohort_writes_each_output_once_and_resumes(tmp_path):
         "2",
         "--device",
         "cpu",
-        "--variance",
-        "yes",
+        "--variance",  # alone, as README and DISTRIBUTED.md write it
     ]
     stdout = _torchrun(args)
     # Totals over ranks: 4 writes for 4 scans, so no scan was written twice.

@@ -36,7 +36,9 @@ def test_finetune_makes_and_selects_new_version(make_napari_viewer, qtbot, tmp_p
         mask.data[z, 8:24, 10:22] = 1
     seg.mark_reviewed(4)
     ft.update_counts()
-    assert ft.count_label.text() == "4 corrected + 1 reviewed slices will be used"
+    assert ft.training_counts() == (4, 1)
+    text = ft.count_label.text()
+    assert "4 corrected (0-3) + 1 reviewed (4)" in text and "holds out" in text
     ft.steps.setValue(4)
     ft.device.setCurrentText("cpu")
     assert ft.start()
@@ -78,8 +80,9 @@ def test_finetune_without_corrections_is_a_notification(
     )
     ft.model_picker.select_model(tiny_model)
     ft.steps.setValue(2)
-    assert ft.start()  # the engine finds no slices to learn from, in the worker
-    qtbot.waitUntil(lambda: not ft.running, timeout=WAIT_MS)
+    assert ft.labels_combo.layer() is None  # hand-made labels are never picked by default
+    ft.labels_combo.setCurrentText("scan mask")
+    assert not ft.start()  # nothing labelled: said before anything runs
     assert ft.result is None and ft.start_button.text() == "Start"
     assert any("no corrected or reviewed slices" in n or "no training slices" in n for n in notes)
 

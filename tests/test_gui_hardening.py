@@ -97,6 +97,7 @@ def make_dock(make_napari_viewer, model, chunk=8, steps=2):
     dock.ensemble.setValue(2)
     dock.steps.setValue(steps)
     dock.chunk_size = chunk
+    dock.scope.setCurrentText("whole volume")
     return viewer, dock
 
 
@@ -264,12 +265,11 @@ def test_existing_layer_with_the_mask_name_but_another_shape(
     viewer, dock = make_dock(make_napari_viewer, models["a"])
     open_scan(viewer, scan_file(tmp_path))
     other = viewer.add_labels(np.ones((2, 8, 8), np.uint8), name="scan mask")
-    assert not dock.run()  # results would go to "scan mask [1]", where nothing finds them
-    assert any("'scan mask' already exists with shape (2, 8, 8)" in n for n in notes), notes
-    assert usable(dock) and other.data.all() and len(viewer.layers) == 2
-    other.name = "my old mask"
-    run_and_wait(qtbot, dock)
-    assert dock.mask_layer().data.shape == (6, 32, 32)
+    run_and_wait(qtbot, dock)  # results go to a new layer, linked to the scan by identity
+    mask = dock.mask_layer()
+    assert mask is not other and mask.data.shape == (6, 32, 32)
+    assert other.data.all() and other.data.shape == (2, 8, 8)
+    assert usable(dock)
 
 
 def test_unreadable_file_through_napari_is_a_clear_error(make_napari_viewer, tmp_path):

@@ -70,6 +70,7 @@ def make_dock(make_napari_viewer, model, **fields):
     dock.ensemble.setValue(fields.get("ensemble", 2))
     dock.steps.setValue(fields.get("steps", 2))
     dock.chunk_size = fields.get("chunk", 8)
+    dock.scope.setCurrentText(fields.get("scope", "whole volume"))
     return viewer, dock
 
 
@@ -105,7 +106,7 @@ def test_run_makes_aligned_layers(make_napari_viewer, qtbot, tmp_path, tiny_mode
         np.testing.assert_allclose(layer.scale, image.scale)
         np.testing.assert_allclose(layer.translate, image.translate)
         assert layer.metadata["medsegdiff_geometry"] == image.metadata["medsegdiff_geometry"]
-    assert variance.colormap.name == "inferno" and variance.blending == "additive"
+    assert variance.blending == "translucent" and variance.colormap.map([0.0])[0][3] == 0
     assert mask.metadata[L.SEGMENTED] == list(range(6))
     np.testing.assert_array_equal(mask.metadata[L.PROPOSAL], mask.data)
     assert mask.metadata[L.MODEL] == str(tiny_model)

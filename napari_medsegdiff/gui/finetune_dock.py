@@ -10,34 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtGui import QDoubleValidator
-from qtpy.QtWidgets import (
-    QFormLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
 
 from napari_medsegdiff.checkpoints import read_model_info
 from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
-from napari_medsegdiff.gui.loss_plot import LossPlot
+from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
+from napari_medsegdiff.gui.finetune_ui import FinetuneControls
 from napari_medsegdiff.gui.segment_dock import SegmentDock
 from napari_medsegdiff.gui.widgets import (
-    LayerCombo,
-    ModelPicker,
-    device_combo,
     find_dock,
     notify_error,
     notify_info,
+    short_path,
 )
 from napari_medsegdiff.gui.workers import ProgressRelay, cancel_all, progress_text, warm_imports
 from napari_medsegdiff.progress import CancelToken
@@ -46,7 +33,7 @@ log = logging.getLogger(__name__)
 PLOT_MS = 300  # curve and progress redraws at most ~3 times per second
 
 
-class FinetuneDock(QWidget):
+class FinetuneDock(FinetuneControls):
     """Fine-tune the proposal's model on corrected + reviewed slices (a new store version)."""
 
     finished = Signal(object)  # FinetuneResult or None
@@ -75,50 +62,6 @@ class FinetuneDock(QWidget):
         self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
         self.warmup.start()
 
-    def _build_ui(self) -> None:
-        self.labels_combo = LayerCombo(
-            self.viewer,
-            lambda lay: isinstance(lay, Labels),
-            prefer=lambda lay: L.PROPOSAL in lay.metadata or lay.name.endswith(" mask"),
-        )
-        self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
-        self.image_combo = LayerCombo(
-            self.viewer, lambda lay: isinstance(lay, Image) and not L.is_result_layer(lay)
-        )
-        self.model_picker = ModelPicker()
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(200)
-        self.lr = QLineEdit("5e-5")
-        self.lr.setValidator(QDoubleValidator(1e-9, 1.0, 12))
-        self.device = device_combo()
-        self.count_label = QLabel("")
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self._start_stop)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setFormat("idle")
-        self.progress.setTextVisible(True)
-        self.plot = LossPlot()
-        self.resegment_button = QPushButton("Re-segment uncorrected slices")
-        self.resegment_button.setEnabled(False)
-        self.resegment_button.clicked.connect(lambda: self.resegment())
-        form = QFormLayout()
-        form.addRow("Corrected labels", self.labels_combo)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Base model", self.model_picker)
-        form.addRow("Steps", self.steps)
-        form.addRow("Learning rate", self.lr)
-        form.addRow("Device", self.device)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.count_label)
-        layout.addWidget(self.start_button)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.resegment_button)
-        layout.addStretch(1)
-
     # -------------------------------------------------------------- inputs
     @property
     def segment_dock(self) -> SegmentDock | None:
@@ -136,34 +79,49 @@ class FinetuneDock(QWidget):
 
     def _follow_labels(self, labels: Any) -> None:
         """Default the image and base model to those that made the proposal."""
-        seen = (id(labels), labels.metadata.get(L.SOURCE), labels.metadata.get(L.MODEL))
+        seen = (id(labels), labels.metadata.get(L.SOURCE_LINK), labels.metadata.get(L.MODEL))
         if seen == self._seen:
             return
         self._seen = seen
-        source, model = seen[1], seen[2]
-        if source and source in [lay.name for lay in self.image_combo.layers()]:
-            self.image_combo.setCurrentText(source)
+        source, model = L.source_image(self.viewer, labels), seen[2]
+        if source is not None and source in self.image_combo.layers():
+            self.image_combo.setCurrentText(source.name)
         if model and Path(model).is_dir():
             self.model_picker.select_model(model)
 
-    def training_counts(self) -> tuple[int, int]:
-        """(corrected, reviewed) slice counts of the chosen labels layer."""
+    def plan(self) -> Plan:
+        """What a Start would train on and hold out (see :mod:`finetune_plan`)."""
         labels = self.labels_combo.layer()
         if labels is None:
-            return 0, 0
-        reviewed = set(L.reviewed(labels))
-        corrected = set(L.corrected(labels)) - reviewed
-        return len(corrected), len(reviewed)
+            return Plan(note="Choose the corrected labels: segment a scan first, then fix its mask")
+        lab = L.as_volume(L.labels_of(labels))
+        proposal = labels.metadata.get(L.PROPOSAL)
+        if isinstance(proposal, np.ndarray) and L.as_volume(proposal).shape == lab.shape:
+            proposal = L.as_volume(proposal)
+        else:
+            proposal = None
+        return make_plan(lab, proposal, L.reviewed(labels), MODES[self.holdout.currentText()])
+
+    def training_counts(self) -> tuple[int, int]:
+        """(corrected, reviewed) slice counts of the chosen labels layer."""
+        plan = self.plan()
+        return len(plan.corrected), len(plan.reviewed)
 
     def update_counts(self) -> None:
-        """Refresh the slice counts (and follow a new proposal's image/model)."""
+        """Refresh the plan text (and follow a new proposal's image/model)."""
         if self.running:
             return
         labels = self.labels_combo.layer()
         if labels is not None:
             self._follow_labels(labels)
-        n, m = self.training_counts()
-        self.count_label.setText(f"{n} corrected + {m} reviewed slices will be used")
+        plan = self.plan()
+        self.count_label.setText(plan.note)
+        if self.progress.format().startswith("ready"):
+            self.progress.setFormat(
+                f"ready: Start trains on {len(plan.train)} slice(s)"
+                if plan.ready
+                else "ready: correct some slices, then Start"
+            )
 
     def _image_data(self, image: Any, channels: int) -> np.ndarray:
         """The image (z, y, x) or, for a multi-channel model, its ``[cN]`` siblings stacked."""
@@ -203,13 +161,14 @@ class FinetuneDock(QWidget):
         else:
             data = self._image_data(image, info.config.in_channels)
         lab = np.array(L.as_volume(L.labels_of(labels)))  # a copy: painting goes on
-        proposal = labels.metadata.get(L.PROPOSAL)
-        proposal = None if proposal is None else np.array(L.as_volume(proposal))
-        kwargs: dict[str, Any] = {"proposal": proposal, "reviewed": L.reviewed(labels)}
-        if proposal is None:  # hand-drawn labels: every labelled slice counts
-            kwargs = {
-                "slices": [int(z) for z in np.flatnonzero(lab.reshape(len(lab), -1).any(axis=1))]
-            }
+        plan = self.plan()
+        if not plan.ready:
+            raise InputError(plan.note)
+        kwargs: dict[str, Any] = {
+            "slices": plan.train + plan.held_out,
+            "holdout": plan.holdout,
+            "reviewed": L.reviewed(labels),
+        }
         if len(L.spatial_shape(image)) == 2:  # a 2-D image is a one-slice volume
             data = data[None]
         return {
@@ -220,6 +179,7 @@ class FinetuneDock(QWidget):
             "lr": lr,
             "device": self.device.currentText(),
             "layer": labels,
+            "plan": plan,
             **kwargs,
         }
 
@@ -248,7 +208,7 @@ class FinetuneDock(QWidget):
         self._job, self.result = job, None
         self._relay, self._cancel = ProgressRelay(), CancelToken()
         self._tokens[:] = [self._cancel]
-        kwargs = {k: job[k] for k in ("slices", "proposal", "reviewed") if k in job}
+        kwargs = {k: job[k] for k in ("slices", "holdout", "reviewed") if k in job}
         worker = create_worker(
             finetune,
             job["model"],
@@ -296,12 +256,22 @@ class FinetuneDock(QWidget):
 
     def _on_returned(self, result: Any) -> None:
         self.result = result
-        notify_info(result.summary())
+        notify_info(self._result_text(result))
         self.model_picker.refresh()
         dock = self.segment_dock
         if dock is not None:
             dock.select_model(result.path)
         self.resegment_button.setEnabled(True)
+
+    def _result_text(self, result: Any) -> str:
+        """The summary with a short path and, when nothing was held out, the proposal's Dice."""
+        text = result.summary().replace(str(result.path), short_path(result.path))
+        plan = self._job.get("plan")
+        if result.held_out_dice is None and plan is not None:
+            text += "; trained on all slices, none held out"
+            if plan.proposal_dice is not None:
+                text += f" (proposal vs corrections Dice {plan.proposal_dice:.3f} before tuning)"
+        return text
 
     def _on_errored(self, exc: BaseException) -> None:
         if isinstance(exc, MedSegDiffError):
@@ -343,8 +313,8 @@ class FinetuneDock(QWidget):
         if not slices:
             notify_info("every segmented slice is corrected or reviewed: nothing to re-segment")
             return False
-        source = labels.metadata.get(L.SOURCE)
-        if source:
-            dock.image_combo.setCurrentText(source)
+        source = L.source_image(self.viewer, labels)
+        if source is not None:
+            dock.image_combo.setCurrentText(source.name)
         dock.select_model(self.result.path)
         return dock.run(slices=slices, model=self.result.path)

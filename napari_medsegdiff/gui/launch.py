@@ -18,7 +18,8 @@ def build_demo_viewer(
     """Add the sample scan and both docks to ``viewer``; returns (segment, fine-tune) docks.
 
     Selects ``model`` (default: the shipped model, if installed) and shows a central slice.
-    The reference tissue labels are added hidden, so the model's mask is what one sees.
+    The reference tissue labels are added hidden (as outlines when shown), so the model's
+    mask is what one sees.
     """
     from napari_medsegdiff._sample_data import SAMPLE_LABELS_NAME, SAMPLE_T1_NAME, make_sample_data
     from napari_medsegdiff.checkpoints import list_models
@@ -27,6 +28,7 @@ def build_demo_viewer(
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
         if layer.name == SAMPLE_LABELS_NAME:
             layer.visible = False
+            layer.contour = 1  # outlines when shown: easy to tell from the model's mask
     segment = SegmentDock(viewer)
     finetune = FinetuneDock(viewer)
     finetune.segment_dock = segment

@@ -7,13 +7,16 @@ The mask Labels layer carries in its ``metadata``:
   the labels differ from it are the user's corrections;
 * ``medsegdiff_segmented`` / ``medsegdiff_reviewed``: sorted slice indices;
 * ``medsegdiff_model``: the model folder that made the proposal; ``medsegdiff_image``:
-  the source image layer's name.
+  the source image layer's name (a fallback); ``medsegdiff_source``: the source image's
+  link id (``medsegdiff_link`` in the image's metadata), so the docks find the results of
+  an image by identity, whatever either layer is renamed to.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.finetune import corrected_slices
+from napari_medsegdiff.gui.review import boundary_values, limits_from_values
 
 PROPOSAL = "medsegdiff_proposal"
 SEGMENTED = "medsegdiff_segmented"
@@ -30,7 +34,21 @@ SOURCE = "medsegdiff_image"
 ROLE = "medsegdiff_role"
 VOLUMES = "volumes"  # set by the reader on a (t, z, y, x) series layer: its volume count
 VOLUME_PICKS = "medsegdiff_volumes"  # on a mask: the series volumes used as channels
-_DROP_KEYS = ("channel", VOLUMES, PROPOSAL, SEGMENTED, REVIEWED, ROLE)
+LINK = "medsegdiff_link"
+SOURCE_LINK = "medsegdiff_source"
+_DROP_KEYS = ("channel", VOLUMES, PROPOSAL, SEGMENTED, REVIEWED, ROLE, LINK, SOURCE_LINK)
+# The mask's own look (the sample's reference labels keep napari's default colours).
+MASK_COLORS = {
+    None: (1.0, 0.3, 0.9, 1.0),
+    0: (0.0, 0.0, 0.0, 0.0),
+    1: (0.0, 0.85, 1.0, 1.0),
+    2: (1.0, 0.8, 0.0, 1.0),
+    3: (0.3, 1.0, 0.3, 1.0),
+    4: (1.0, 0.35, 0.35, 1.0),
+}
+MASK_OPACITY = 0.45
+# Uncertainty: transparent where the members agree, opaque orange -> red where they do not.
+UNCERTAINTY_COLORS = [[1.0, 0.9, 0.0, 0.0], [1.0, 0.55, 0.0, 0.75], [1.0, 0.0, 0.0, 1.0]]
 _CHANNEL_TAG = re.compile(r"\s*\[c\d+\]$")
 
 
@@ -136,6 +154,73 @@ def layer_kwargs_like(image: Any) -> dict[str, Any]:
     return kwargs
 
 
+def image_link(image: Any) -> str:
+    """The image layer's link id (made on first use, kept in its metadata)."""
+    link = image.metadata.get(LINK)
+    if not isinstance(link, str):
+        link = uuid.uuid4().hex
+        image.metadata[LINK] = link
+    return link
+
+
+def find_result(viewer: Any, image: Any, role: str) -> Any | None:
+    """The ``role`` ("mask" / "variance") layer made for ``image``, found by identity.
+
+    Layers made before links existed (or by hand, with the role set) are found by the
+    ``"<image> mask"`` name when no linked layer exists.
+    """
+    shape = spatial_shape(image)
+    link = image.metadata.get(LINK)
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {})
+        if meta.get(ROLE) == role and link is not None and meta.get(SOURCE_LINK) == link:
+            if tuple(layer.data.shape) == tuple(shape):
+                return layer
+    name = result_names(image.name)[0 if role == "mask" else 1]
+    layer = find_layer(viewer, name, shape)
+    if layer is not None and layer.metadata.get(SOURCE_LINK) not in (None, link):
+        return None  # named like ours but made for another image
+    return layer
+
+
+def source_image(viewer: Any, result: Any) -> Any | None:
+    """The image layer a result layer was made from (by link, else by recorded name)."""
+    link, name = result.metadata.get(SOURCE_LINK), result.metadata.get(SOURCE)
+    images = [lay for lay in viewer.layers if lay is not result and hasattr(lay, "rgb")]
+    for layer in images:
+        if link is not None and layer.metadata.get(LINK) == link:
+            return layer
+    for layer in images:
+        if name and layer.name == name and not is_result_layer(layer):
+            return layer
+    return None
+
+
+def set_class_names(layer: Any, names: Sequence[str]) -> None:
+    """Label value -> class name as layer features: hovering shows ``class: grey matter``."""
+    layer.features = {"index": np.arange(len(names)), "class": list(names)}
+
+
+def model_class_names(model_path: Any) -> list[str]:
+    """Class names from a model's config.json (``class_names`` / ``classes``), else "class N"."""
+    from napari_medsegdiff.checkpoints import class_names, read_model_info
+
+    info = read_model_info(model_path)
+    return class_names(info.meta, info.config.num_classes)
+
+
+def class_legend(mask: Any) -> list[tuple[str, tuple[float, ...]]]:
+    """``[(class name, rgba), ...]`` for the mask's foreground classes (from its features)."""
+    features = mask.features
+    if "class" not in features or "index" not in features:
+        return []
+    return [
+        (str(name), tuple(float(c) for c in mask.colormap.map(int(value))))
+        for value, name in zip(features["index"], features["class"], strict=False)
+        if int(value) != 0
+    ]
+
+
 def find_layer(viewer: Any, name: str, shape: tuple[int, ...] | None = None) -> Any | None:
     """The layer called ``name`` (of ``shape`` when given), else None."""
     for layer in viewer.layers:
@@ -145,15 +230,29 @@ def find_layer(viewer: Any, name: str, shape: tuple[int, ...] | None = None) -> 
 
 
 def ensure_result_layers(viewer: Any, image: Any, model_path: str) -> tuple[Any, Any]:
-    """Get or create the ``"<image> mask"`` Labels and ``"<image> variance"`` Image layers."""
+    """Get or create the mask Labels and variance Image layers linked to ``image``.
+
+    New layers are named ``"<image> mask"`` / ``"<image> variance"``; existing ones are
+    found by identity (see :func:`find_result`), so renaming them keeps the link.
+    """
+    from napari.utils import Colormap
+    from napari.utils.colormaps import DirectLabelColormap
+
     shape = spatial_shape(image)
     mask_name, var_name = result_names(image.name)
-    mask = find_layer(viewer, mask_name, shape)
-    ours = {MODEL: str(model_path), SOURCE: image.name}
+    link = image_link(image)
+    mask = find_result(viewer, image, "mask")
+    ours = {MODEL: str(model_path), SOURCE: image.name, SOURCE_LINK: link}
     if mask is None:  # metadata complete before the layer is inserted (docks react to it)
         kwargs = layer_kwargs_like(image)
         kwargs["metadata"].update({ROLE: "mask", PROPOSAL: np.zeros(shape, np.uint8), **ours})
-        mask = viewer.add_labels(np.zeros(shape, np.uint8), name=mask_name, **kwargs)
+        mask = viewer.add_labels(
+            np.zeros(shape, np.uint8),
+            name=mask_name,
+            opacity=MASK_OPACITY,
+            colormap=DirectLabelColormap(color_dict=MASK_COLORS),
+            **kwargs,
+        )
     meta = mask.metadata
     proposal = meta.get(PROPOSAL)
     if not isinstance(proposal, np.ndarray) or proposal.shape != shape:
@@ -161,19 +260,24 @@ def ensure_result_layers(viewer: Any, image: Any, model_path: str) -> tuple[Any,
     meta.setdefault(SEGMENTED, [])
     meta.setdefault(REVIEWED, [])
     meta.update(ours)
-    variance = find_layer(viewer, var_name, shape)
+    try:
+        set_class_names(mask, model_class_names(model_path))
+    except Exception:  # names are a courtesy; the model itself is checked elsewhere
+        pass
+    variance = find_result(viewer, image, "variance")
     if variance is None:
         kwargs = layer_kwargs_like(image)
-        kwargs["metadata"].update({ROLE: "variance"})
+        kwargs["metadata"].update({ROLE: "variance", SOURCE_LINK: link})
         variance = viewer.add_image(
             np.zeros(shape, np.float32),
             name=var_name,
-            colormap="inferno",
-            blending="additive",
-            opacity=0.5,
+            colormap=Colormap(UNCERTAINTY_COLORS, name="medsegdiff uncertainty"),
+            blending="translucent",
+            opacity=0.9,
             contrast_limits=(0.0, 1e-3),
             **kwargs,
         )
+    variance.metadata[SOURCE_LINK] = link
     return mask, variance
 
 
@@ -225,6 +329,10 @@ class ResultWriter:
     def __init__(self, mask: Any, variance: Any, keep_corrections: bool = True) -> None:
         self.mask, self.variance = mask, variance
         self.keep = keep_corrections
+        self.top_only = False
+        # boundary variance of the slices written by this run: display limits while it runs
+        # without re-scanning the volume (the dock recomputes over all slices at the end)
+        self.edge_values: dict[int, np.ndarray] = {}
         self.pending: list[Any] = []
         self.written: list[int] = []
         self.skipped: list[int] = []
@@ -252,6 +360,7 @@ class ResultWriter:
             labels[z] = result.mask
             proposal[z] = result.mask
             var[z] = result.variance
+            self.edge_values[z] = boundary_values(result.variance, result.mask)
             done.add(z)
             self.written.append(z)
             wrote += 1
@@ -259,8 +368,8 @@ class ResultWriter:
             meta[SEGMENTED] = sorted(done)
             if not self.keep:
                 meta[REVIEWED] = sorted(set(reviewed(self.mask)) - set(self.written))
-            top = float(var.max())
-            self.variance.contrast_limits = (0.0, top if top > 0 else 1e-3)
+            values = np.concatenate(list(self.edge_values.values()))
+            self.variance.contrast_limits = limits_from_values(values, self.top_only)
             self.mask.refresh()
             self.variance.refresh()
         return wrote

@@ -58,3 +58,82 @@ def rank_slices_by_uncertainty(
             raise ValueError(f"slices: {z} outside 0..{variance.shape[0] - 1}")
         scores.append((z, slice_uncertainty(variance[z], mask[z])))
     return sorted(scores, key=lambda item: -item[1])
+
+
+# A pixel is "uncertain" when the samples disagree about its class: with confident samples,
+# one of five voting otherwise gives a variance of 0.16 (binary) or 0.32 (summed over two
+# classes); soft probabilities that agree stay well below.
+UNCERTAIN_VARIANCE = 0.15
+
+
+def boundary_uncertain_fraction(
+    variance: np.ndarray, mask: np.ndarray, threshold: float = UNCERTAIN_VARIANCE
+) -> float:
+    """Share (0..1) of a slice's mask boundary pixels whose variance is ``>= threshold``."""
+    edge = boundary_region(mask)
+    if not edge.any():
+        return 0.0
+    return float((np.asarray(variance)[edge] >= threshold).mean())
+
+
+def display_limits(
+    variance: np.ndarray,
+    mask: np.ndarray,
+    slices: Iterable[int] | None = None,
+    top_only: bool = False,
+) -> tuple[float, float]:
+    """Contrast limits that separate "sure" from "unsure" voxels of a (z, y, x) variance.
+
+    Taken from the boundary region of the segmented ``slices`` (where uncertainty lives):
+    low = median, high = 99th percentile; ``top_only`` raises low to the 90th percentile,
+    so only the most uncertain tenth is drawn. Falls back to the nonzero voxels, then to
+    ``(0, 1e-3)`` for an all-zero map.
+    """
+    variance = np.asarray(variance)
+    mask = np.asarray(mask)
+    indices = range(variance.shape[0]) if slices is None else sorted({int(s) for s in slices})
+    values = [boundary_values(variance[z], mask[z]) for z in indices if 0 <= z < len(variance)]
+    region = np.concatenate(values) if values else np.empty(0)
+    if not region.size or not region.any():
+        region = variance[variance > 0]
+    return limits_from_values(region, top_only)
+
+
+def boundary_values(variance: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The variance of one (H, W) slice on its mask boundary (1-D float array)."""
+    return np.asarray(variance)[boundary_region(mask)].ravel()
+
+
+def limits_from_values(values: np.ndarray, top_only: bool = False) -> tuple[float, float]:
+    """(median or 90th percentile, 99th percentile) of ``values``; ``(0, 1e-3)`` if none."""
+    values = np.asarray(values)
+    if not values.size or not values.any():
+        return 0.0, 1e-3
+    lo = float(np.percentile(values, 90 if top_only else 50))
+    hi = float(np.percentile(values, 99))
+    if hi <= lo:
+        hi = lo + max(1e-6, abs(lo) * 1e-3)
+    return lo, hi
+
+
+def review_volume(
+    variance: np.ndarray,
+    mask: np.ndarray,
+    slices: Iterable[int],
+    threshold: float = UNCERTAIN_VARIANCE,
+) -> tuple[list[tuple[int, float]], dict[int, float], np.ndarray]:
+    """One pass over ``slices`` of (z, y, x) arrays: the ranking (as
+    :func:`rank_slices_by_uncertainty`), the uncertain share of each slice's boundary, and
+    all boundary variance values (for :func:`limits_from_values`)."""
+    scores, shares, values = [], {}, []
+    for z in sorted({int(s) for s in slices}):
+        if not 0 <= z < variance.shape[0]:
+            continue
+        var = np.asarray(variance[z], dtype=np.float64)
+        edge = boundary_region(np.asarray(mask[z]))
+        region = var[edge] if edge.any() else var
+        scores.append((z, float(region.mean()) if region.size else 0.0))
+        shares[z] = float((var[edge] >= threshold).mean()) if edge.any() else 0.0
+        values.append(np.asarray(variance[z])[edge].ravel())
+    ranking = sorted(scores, key=lambda item: -item[1])
+    return ranking, shares, np.concatenate(values) if values else np.empty(0)

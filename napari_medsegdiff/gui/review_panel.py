@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_medsegdiff.gui.review import UNCERTAIN_VARIANCE
+
 
 class ReviewPanel(QGroupBox):
     """A ranked slice list with previous / next; ``on_jump(index)`` moves the viewer."""
@@ -25,12 +27,19 @@ class ReviewPanel(QGroupBox):
         self.on_jump = on_jump
         self.list = QListWidget()
         self.list.setMaximumHeight(140)
-        self.list.setToolTip("Slices ranked by mean ensemble variance along the mask boundary")
+        self.list.setToolTip(
+            "Slices ranked by ensemble disagreement along the mask boundary: the share of "
+            "boundary pixels where the samples disagree about the class (variance >= "
+            f"{UNCERTAIN_VARIANCE}: about one sample in five votes otherwise). Click to jump there"
+        )
         self.list.itemClicked.connect(self._clicked)
         self.list.currentRowChanged.connect(self._row_changed)
         self.prev_button = QPushButton("◀ Previous")
+        self.prev_button.setToolTip("Jump to the previous slice in the ranking")
         self.next_button = QPushButton("Next ▶")
+        self.next_button.setToolTip("Jump to the next most uncertain slice")
         self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setToolTip("Re-rank the slices (after edits or a new run)")
         self.prev_button.clicked.connect(lambda: self.step(-1))
         self.next_button.clicked.connect(lambda: self.step(1))
         self.refresh_button.clicked.connect(on_refresh)
@@ -41,12 +50,21 @@ class ReviewPanel(QGroupBox):
         layout.addWidget(self.list)
         layout.addLayout(buttons)
 
-    def set_ranking(self, ranking: list[tuple[int, float]]) -> None:
-        """Show ``[(slice, score), ...]`` most uncertain first."""
+    def set_ranking(
+        self, ranking: list[tuple[int, float]], shares: dict[int, float] | None = None
+    ) -> None:
+        """Show ``[(slice, score), ...]`` most uncertain first (``shares``: 0..1 per slice)."""
         self.list.blockSignals(True)
         self.list.clear()
         for index, score in ranking:
-            item = QListWidgetItem(f"slice {index}   variance {score:.4f}")
+            share = (shares or {}).get(index)
+            text = (
+                f"slice {index}: {100 * share:.0f} % of the boundary uncertain"
+                if share is not None
+                else f"slice {index}: mean variance {score:.4f}"
+            )
+            item = QListWidgetItem(text)
+            item.setToolTip(f"mean boundary variance {score:.4f}")
             item.setData(Qt.ItemDataRole.UserRole, int(index))
             self.list.addItem(item)
         self.list.blockSignals(False)

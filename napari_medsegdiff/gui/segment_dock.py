@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 
@@ -17,14 +18,14 @@ from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.export import ask_export_target
-from napari_medsegdiff.gui.review import rank_slices_by_uncertainty
-from napari_medsegdiff.gui.segment_ui import SegmentControls
-from napari_medsegdiff.gui.widgets import notify_error, notify_info
+from napari_medsegdiff.gui.review import display_limits, limits_from_values, review_volume
+from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
+from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
 from napari_medsegdiff.gui.workers import (
     ProgressRelay,
+    RunProgress,
     SegmenterCache,
     cancel_all,
-    progress_text,
     segment_job,
     warm_imports,
 )
@@ -49,6 +50,9 @@ class SegmentDock(SegmentControls):
         self._worker: Any = None
         self._cancel: Any = None
         self._relay = ProgressRelay()
+        self._hidden_for_3d: list[Any] = []  # layers the 3-D view hid, shown again after
+        self._top_only_before_3d = False
+        self._run_progress = RunProgress(1, 1)
         self._pending: list[Any] = []
         self._writer: L.ResultWriter | None = None
         self._job: dict[str, Any] = {}
@@ -69,16 +73,13 @@ class SegmentDock(SegmentControls):
 
     # -------------------------------------------------------------- inputs
     def mask_layer(self) -> Any | None:
+        """The mask made for the chosen image (found by identity: renaming keeps the link)."""
         image = self.image_combo.layer()
-        if image is None:
-            return None
-        return L.find_layer(self.viewer, L.result_names(image.name)[0], L.spatial_shape(image))
+        return None if image is None else L.find_result(self.viewer, image, "mask")
 
     def variance_layer(self) -> Any | None:
         image = self.image_combo.layer()
-        if image is None:
-            return None
-        return L.find_layer(self.viewer, L.result_names(image.name)[1], L.spatial_shape(image))
+        return None if image is None else L.find_result(self.viewer, image, "variance")
 
     def _selected_slices(self, image: Any) -> list[int]:
         depth = L.spatial_shape(image)[0]
@@ -123,15 +124,9 @@ class SegmentDock(SegmentControls):
         indices = [0] if two_d else list(slices) if slices is not None else None
         if indices is None:
             indices = self._selected_slices(image)
-        for name in L.result_names(image.name):  # results must land where the dock looks
-            clash = L.find_layer(self.viewer, name)
-            if clash is not None and tuple(clash.data.shape) != tuple(shape):
-                raise InputError(
-                    f"a layer named {name!r} already exists with shape {clash.data.shape}, "
-                    f"not {shape}: rename or remove it, then run again"
-                )
         mask = self.mask_layer()
         keep = self.keep_corrections.isChecked()
+        skipped: list[int] = []
         if keep and mask is not None:
             protected = set(L.corrected(mask)) | set(L.reviewed(mask))
             skipped = [i for i in indices if i in protected]
@@ -142,9 +137,15 @@ class SegmentDock(SegmentControls):
                     "to run (untick 'keep my corrections' to overwrite them)"
                 )
                 return None
+            if skipped:
+                notify_info(
+                    f"skipping {len(skipped)} slice(s) you corrected or reviewed: "
+                    f"{slice_list(skipped)} (untick 'keep my corrections' to redo them)"
+                )
         return {
             "image": image,
             "volumes": volumes,
+            "skipped": skipped,
             "data": data,
             "model": model_path,
             "two_d": two_d,
@@ -181,6 +182,8 @@ class SegmentDock(SegmentControls):
             mask.metadata[L.VOLUME_PICKS] = list(job["volumes"])
         self._job, self._pending = job, []
         self._writer = L.ResultWriter(mask, variance, job["keep"])
+        self._writer.top_only = self.top_only.isChecked()
+        self._run_progress = RunProgress(len(job["slices"]), job["sampler"].steps)
         self._watch_mask()
         self._relay, self._cancel = ProgressRelay(), CancelToken()
         self._tokens[:] = [self._cancel]
@@ -204,7 +207,9 @@ class SegmentDock(SegmentControls):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
-        self.progress.setFormat(f"0/{len(job['slices'])} slices (loading model)")
+        sampler, count = job["sampler"], len(job["slices"])
+        cost = cost_text(sampler.ensemble, sampler.steps, count)
+        self.progress.setFormat(f"0/{count} slices, {cost} (loading model)")
         self._flush_timer.start()
         worker.start()
         return True
@@ -223,8 +228,9 @@ class SegmentDock(SegmentControls):
             self._writer.flush()
         latest, _ = self._relay.take()
         if latest is not None and not self._cancel.cancelled:
-            self.progress.setValue(int(1000 * latest.fraction))
-            self.progress.setFormat(progress_text(latest, "slices"))
+            fraction, text = self._run_progress.update(latest)
+            self.progress.setValue(int(1000 * fraction))
+            self.progress.setFormat(text)
 
     def _on_errored(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -264,6 +270,9 @@ class SegmentDock(SegmentControls):
             text = f"done: {written}/{total} slices"
             if skipped:
                 text += f" ({skipped} edited during the run kept)"
+            before = self._job.get("skipped") or []
+            if before:
+                text += f"; skipped corrected/reviewed {slice_list(before)}"
         self.progress.setValue(int(1000 * written / max(1, total)))
         self.progress.setFormat(text)
         self.refresh_review()
@@ -285,8 +294,9 @@ class SegmentDock(SegmentControls):
         self._count_timer.start()
 
     def update_counts(self) -> tuple[int, int]:
-        """Refresh the 'N slices corrected, M reviewed' label; returns (N, M)."""
+        """Refresh the 'N slices corrected, M reviewed' label and legend; returns (N, M)."""
         mask = self.mask_layer()
+        self.set_legend(L.class_legend(mask) if mask is not None else [])
         if mask is None:
             self.count_label.setText("no mask yet")
             return 0, 0
@@ -309,7 +319,50 @@ class SegmentDock(SegmentControls):
             self.review.set_ranking([])
             return
         done = mask.metadata.get(L.SEGMENTED, [])
-        self.review.set_ranking(rank_slices_by_uncertainty(variance.data, mask.data, done))
+        ranking, shares, values = review_volume(variance.data, mask.data, done)
+        self.review.set_ranking(ranking, shares)
+        if not values.any():
+            values = np.asarray(variance.data)[np.asarray(variance.data) > 0]
+        variance.contrast_limits = limits_from_values(values, self.top_only.isChecked())
+
+    def update_uncertainty_display(self) -> None:
+        """Contrast limits from the boundary region (all of it, or its top tenth)."""
+        mask, variance = self.mask_layer(), self.variance_layer()
+        if mask is None or variance is None:
+            return
+        done = mask.metadata.get(L.SEGMENTED, [])
+        var, labels = L.as_volume(np.asarray(variance.data)), L.as_volume(L.labels_of(mask))
+        variance.contrast_limits = display_limits(var, labels, done, self.top_only.isChecked())
+        if self._writer is not None:
+            self._writer.top_only = self.top_only.isChecked()
+
+    def show_3d(self, on: bool) -> None:
+        """3-D view of the uncertainty alone (maximum intensity projection), or back to 2-D.
+
+        The other layers are hidden in 3-D (they would hide the uncertainty) and only the
+        most uncertain voxels are drawn; going back restores both.
+        """
+        variance = self.variance_layer()
+        if on and variance is None:
+            notify_info("no uncertainty yet: run a segmentation first")
+            self.three_d.setChecked(False)
+            return
+        if on:
+            others = [lay for lay in self.viewer.layers if lay is not variance]
+            self._hidden_for_3d = [lay for lay in others if lay.visible]
+            for layer in self._hidden_for_3d:
+                layer.visible = False
+            variance.visible = True
+            variance.rendering = "mip"
+            self._top_only_before_3d = self.top_only.isChecked()
+            self.top_only.setChecked(True)  # a projection of everything saturates
+        else:
+            for layer in self._hidden_for_3d:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+            self._hidden_for_3d = []
+            self.top_only.setChecked(self._top_only_before_3d)
+        self.viewer.dims.ndisplay = 3 if on else 2
 
     def jump_to(self, index: int) -> None:
         layer = self.mask_layer() or self.image_combo.layer()
@@ -333,7 +386,7 @@ class SegmentDock(SegmentControls):
         except MedSegDiffError as exc:
             notify_error(exc)
             return None
-        notify_info(f"saved {out}")
+        notify_info(f"saved {short_path(out)}")
         return out
 
     def _export_clicked(self) -> None:

@@ -8,6 +8,7 @@ instead of receiving one signal per denoising step.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,42 @@ def progress_text(progress: Progress, unit: str) -> str:
     elif progress.message and progress.done == 0:
         text += f" ({progress.message})"
     return text
+
+
+class RunProgress:
+    """One monotone fraction, step count and ETA for a whole segmentation run.
+
+    The engine reports finished slices and, within a chunk of slices, the denoising step
+    (which restarts for every chunk). This folds both into "denoising steps of the run",
+    so the bar moves within a one-slice run and never jumps back.
+    """
+
+    def __init__(self, slices: int, steps: int) -> None:
+        self.total, self.steps = max(1, slices), max(1, steps)
+        self.chunk = 1  # slices finished together last time: the size of a chunk
+        self._done = 0
+        self._best = 0.0
+        self._start = time.perf_counter()
+
+    def update(self, progress: Progress) -> tuple[float, str]:
+        """(fraction 0..1, bar text) for a report."""
+        if progress.done > self._done:
+            self.chunk = max(1, progress.done - self._done)
+            self._done = progress.done
+        units = float(progress.done)
+        if progress.step is not None and progress.steps:
+            left = max(0, self.total - progress.done)
+            units += min(self.chunk, left) * min(progress.step, progress.steps) / progress.steps
+        fraction = max(self._best, min(1.0, units / self.total))
+        self._best = fraction
+        total_steps = self.total * self.steps
+        text = (
+            f"{progress.done}/{self.total} slices, "
+            f"step {round(fraction * total_steps)}/{total_steps} of the run"
+        )
+        elapsed = time.perf_counter() - self._start
+        if 0.0 < fraction < 1.0 and elapsed > 0.5:
+            text += f", ETA {format_eta(elapsed / fraction * (1.0 - fraction))}"
+        elif progress.message and fraction == 0.0:
+            text += f" ({progress.message})"
+        return fraction, text
