@@ -25,6 +25,7 @@ from napari_medsegdiff.checkpoints import (
     WEIGHTS,
     ModelInfo,
     ModelStore,
+    class_names,
     file_sha256,
     load_model,
     resolve_model,
@@ -42,7 +43,6 @@ from napari_medsegdiff.devices import choose_device
 from napari_medsegdiff.errors import Cancelled, InputError
 from napari_medsegdiff.heads import (
     MAX_CLASSES,
-    class_names,
     grow_classes,
     head_parameter_names,
     new_task_head,
@@ -373,7 +373,7 @@ def _class_names(
     info: ModelInfo, plan: ClassPlan, given: Mapping[int, str] | None
 ) -> dict[int, str]:
     """Names of the new model's classes: the base's, then the user's for new ones."""
-    names = class_names({} if plan.mode == "new" else info.meta, plan.classes)
+    names = dict(enumerate(class_names({} if plan.mode == "new" else info.meta, plan.classes)))
     for key, value in (given or {}).items():
         if 0 < int(key) < plan.classes and str(value).strip():
             names[int(key)] = str(value).strip()

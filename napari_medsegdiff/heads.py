@@ -19,7 +19,7 @@ A binary model (K = 1, foreground logit) becomes one-hot (background = -foregrou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
@@ -112,18 +112,3 @@ def new_task_head(
         fresh = [rows[0]] + [foreground.clone() for _ in range(classes - 1)]
         out[name] = torch.stack(fresh, axis).contiguous()
     return out, _with_k(cfg, classes)
-
-
-def class_names(meta: Mapping, classes: int) -> dict[int, str]:
-    """Class names from a model's ``config.json`` meta (``classes``), else ``class N``."""
-    given = meta.get("classes") if isinstance(meta, Mapping) else None
-    names = {0: "background"}
-    if isinstance(given, Mapping):
-        for key, value in given.items():
-            try:
-                names[int(key)] = str(value)
-            except (TypeError, ValueError):
-                continue
-    elif isinstance(given, Sequence) and not isinstance(given, str):
-        names.update({i: str(v) for i, v in enumerate(given)})
-    return {c: names.get(c, f"class {c}") for c in range(classes)}

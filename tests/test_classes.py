@@ -9,11 +9,11 @@ import pytest
 import torch
 from synthetic import dice, ellipse_task
 
-from napari_medsegdiff.checkpoints import load_model, read_model_info
+from napari_medsegdiff.checkpoints import class_names, load_model, read_model_info
 from napari_medsegdiff.config import SamplerConfig, preset
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.finetune import finetune, plan_classes
-from napari_medsegdiff.heads import _k_axes, class_names, grow_classes, new_task_head
+from napari_medsegdiff.heads import _k_axes, grow_classes, new_task_head
 from napari_medsegdiff.model import build_model
 from napari_medsegdiff.segmenter import Segmenter
 from napari_medsegdiff.suggest import spread_picks, suggest_slices
@@ -72,7 +72,7 @@ def test_class_plan_and_names():
     with pytest.raises(InputError, match="at least one structure"):
         plan_classes(3, np.zeros((1, 2, 2), int), new_model=True)
     names = class_names({"classes": {"0": "background", "1": "grey matter"}}, 3)
-    assert names == {0: "background", 1: "grey matter", 2: "class 2"}
+    assert names == ["background", "grey matter", "class 2"]
 
 
 def _three_class_volume(n: int, seed: int):

@@ -13,9 +13,10 @@ import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 
-from napari_medsegdiff.checkpoints import read_model_info
+from napari_medsegdiff.checkpoints import class_names, read_model_info
 from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import InputError, MedSegDiffError
+from napari_medsegdiff.finetune import ClassPlan, plan_classes
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
 from napari_medsegdiff.gui.finetune_ui import FinetuneControls
@@ -48,6 +49,7 @@ class FinetuneDock(FinetuneControls):
         self.result: Any = None
         self._job: dict[str, Any] = {}
         self._seen: tuple | None = None
+        self._class_answers: dict[tuple, dict[int, str]] = {}
         self._tokens: list[CancelToken] = []
         self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
         self._build_ui()
@@ -168,7 +170,9 @@ class FinetuneDock(FinetuneControls):
             "slices": plan.train + plan.held_out,
             "holdout": plan.holdout,
             "reviewed": L.reviewed(labels),
+            "new_model": self.new_model.isChecked(),
         }
+        classes = plan_classes(info.config.num_classes, lab, self.new_model.isChecked())
         if len(L.spatial_shape(image)) == 2:  # a 2-D image is a one-slice volume
             data = data[None]
         return {
@@ -180,8 +184,48 @@ class FinetuneDock(FinetuneControls):
             "device": self.device.currentText(),
             "layer": labels,
             "plan": plan,
+            "classes": classes,
+            "model_name": info.name,
+            "model_classes": class_names(info.meta, info.config.num_classes),
             **kwargs,
         }
+
+    def confirm_classes(self, job: dict[str, Any]) -> dict[int, str] | None:
+        """Names for the classes a job adds, asked once per (model, classes); None = no."""
+        plan = job["classes"]
+        if not plan.added:
+            return {}
+        key = (str(job["model"]), plan.mode, plan.added)
+        if key not in self._class_answers:
+            names = self.ask_class_names(job["model_name"], job["model_classes"], plan)
+            if names is None:
+                return None
+            self._class_answers[key] = names
+        return self._class_answers[key]
+
+    def ask_class_names(
+        self, model_name: str, known: list[str], plan: ClassPlan
+    ) -> dict[int, str] | None:
+        """Ask whether to add the new label values as classes, and their names."""
+        from qtpy.QtWidgets import QInputDialog
+
+        names: dict[int, str] = {}
+        for value in plan.added:
+            if plan.mode == "new":
+                question = (
+                    f"New model for your labels (image weights from {model_name!r}).\n"
+                    f"Name of label {value}:"
+                )
+            else:
+                question = (
+                    f"Label {value} is not a class of model {model_name!r} "
+                    f"({', '.join(known)}).\nAdd it as a new class named:"
+                )
+            text, ok = QInputDialog.getText(self, "New class", question, text=f"class {value}")
+            if not ok:
+                return None
+            names[value] = text.strip() or f"class {value}"
+        return names
 
     # ------------------------------------------------------------------ run
     @property
@@ -205,10 +249,16 @@ class FinetuneDock(FinetuneControls):
         except MedSegDiffError as exc:
             notify_error(exc)
             return False
+        names = self.confirm_classes(job)
+        if names is None:
+            notify_info("fine-tuning not started: the new classes were not confirmed")
+            return False
+        job["class_names"] = names
         self._job, self.result = job, None
         self._relay, self._cancel = ProgressRelay(), CancelToken()
         self._tokens[:] = [self._cancel]
-        kwargs = {k: job[k] for k in ("slices", "holdout", "reviewed") if k in job}
+        keys = ("slices", "holdout", "reviewed", "new_model", "class_names")
+        kwargs = {k: job[k] for k in keys if k in job}
         worker = create_worker(
             finetune,
             job["model"],

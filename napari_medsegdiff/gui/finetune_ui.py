@@ -7,6 +7,7 @@ from typing import Any
 from napari.layers import Image, Labels
 from qtpy.QtGui import QDoubleValidator
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QLabel,
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medsegdiff.config import FINETUNE_LR, FINETUNE_STEPS
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES
 from napari_medsegdiff.gui.loss_plot import LossPlot
@@ -50,13 +52,15 @@ class FinetuneControls(QWidget):
         self.model_picker = ModelPicker()
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
-        self.steps.setValue(200)
-        self.lr = QLineEdit("5e-5")
+        self.steps.setValue(FINETUNE_STEPS)
+        self.lr = QLineEdit(f"{FINETUNE_LR:g}")
         self.lr.setValidator(QDoubleValidator(1e-9, 1.0, 12))
         self.device = device_combo()
         self.holdout = QComboBox()
         self.holdout.addItems(list(MODES))
         self.holdout.currentTextChanged.connect(lambda _: self.update_counts())
+        self.new_model = QCheckBox("new model from these labels")
+        self.new_model.toggled.connect(lambda _: self.update_counts())
         self.count_label = QLabel("")
         self.count_label.setWordWrap(True)
         self.start_button = QPushButton("Start")
@@ -80,6 +84,7 @@ class FinetuneControls(QWidget):
         data_form = QFormLayout()
         data_form.addRow("Held out", self.holdout)
         data_layout.addLayout(data_form)
+        data_layout.addWidget(self.new_model)
         data_layout.addWidget(self.count_label)
         data_layout.addStretch(1)
         self.tabs.add_page("Data", data, "Which slices train and which are held out")
@@ -113,6 +118,10 @@ class FinetuneControls(QWidget):
             self.lr: "Learning rate (AdamW), e.g. 5e-5. Higher learns faster from few "
             "slices but may forget what the model knew",
             self.device: "Where to train: auto picks a GPU (cuda / mps) if present, else the CPU",
+            self.new_model: "Start a new model for exactly the label values in these labels "
+            "(background included), keeping only the base model's image weights: for a "
+            "structure unrelated to the base model's classes. Unticked, label values above "
+            "the base model's classes are added to it as new classes (you are asked once)",
             self.holdout: "Hold out 1 in 5 slices (with at least 4) to measure Dice on "
             "slices not trained on, or train on all and see the proposal's Dice instead",
             self.start_button: "Train a new model version on the slices listed above; "

@@ -60,6 +60,7 @@ class SegmentDock(SegmentControls):
         self._tokens: list[CancelToken] = []
         self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
         self._build_ui()
+        self.destroyed.connect(partial(cancel_all, self.suggest.tokens))
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._tick)
@@ -154,6 +155,24 @@ class SegmentDock(SegmentControls):
             "sampler": self.sampler_config(),
             "device": self.device.currentText(),
         }
+
+    def suggest_inputs(self) -> tuple[Path, str, np.ndarray, list[int]]:
+        """(model, device, volume (z, y, x[, c]), slices already corrected or reviewed)."""
+        layers = self.input_layers()
+        if not layers:
+            raise InputError("no image layer: open a scan first, then ask for suggestions")
+        image = layers[0]
+        if len(L.spatial_shape(image)) != 3:
+            raise InputError(
+                f"{image.name!r}: suggestions need a volume (a 2-D image is one slice)"
+            )
+        model = self.model_picker.current_path()
+        if model is None:
+            raise InputError("no model: pick one or click Browse…")
+        data = L.stack_channels(layers, self.volume_picks(image))
+        mask = self.mask_layer()
+        done = sorted(set(L.corrected(mask)) | set(L.reviewed(mask))) if mask is not None else []
+        return model, self.device.currentText(), data, done
 
     # ------------------------------------------------------------------ run
     @property

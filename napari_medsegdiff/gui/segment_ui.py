@@ -30,6 +30,7 @@ from napari_medsegdiff.errors import MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.review_panel import ReviewPanel
 from napari_medsegdiff.gui.sections import Tabs, page
+from napari_medsegdiff.gui.suggest_panel import SuggestPanel
 from napari_medsegdiff.gui.widgets import LayerCombo, ModelPicker, device_combo
 
 SCOPES = ("current slice", "slice range", "whole volume", "2-D image")
@@ -214,6 +215,7 @@ class SegmentControls(QWidget):
         self.review_button = QPushButton("Mark slice reviewed")
         self.review_button.clicked.connect(lambda: self.mark_reviewed())
         self.review = ReviewPanel(self.jump_to, self.refresh_review)
+        self.suggest = SuggestPanel(self.suggest_inputs, self.jump_to)
         self.top_only = QCheckBox("only the most uncertain")
         self.top_only.toggled.connect(lambda _: self.update_uncertainty_display())
         self.three_d = QPushButton("3-D view")
@@ -271,6 +273,7 @@ class SegmentControls(QWidget):
         export.addWidget(self.export_variance)
         layout.addLayout(status)
         layout.addWidget(self.legend)
+        layout.addWidget(self.suggest)
         layout.addLayout(display)
         layout.addWidget(self.review)
         layout.addLayout(export)
@@ -306,6 +309,10 @@ class SegmentControls(QWidget):
 
     def show_3d(self, on: bool) -> None:
         """Hook for the dock: toggle a 3-D view of the uncertainty."""
+
+    def suggest_inputs(self) -> tuple[Any, str, Any, list[int]]:
+        """Hook for the dock: (model, device, volume, corrected slices) for "Suggest"."""
+        raise NotImplementedError
 
     def _on_scope_changed(self, scope: str) -> None:
         _set_row_visible(self._form, self.range_row, scope == "slice range")
