@@ -28,8 +28,8 @@ PRESETS: tuple[str, ...] = ("tiny", "lite", "base", "plus")
 T = TypeVar("T")
 
 # Fine-tuning defaults, chosen by benchmarks/finetune.py (BENCHMARKS.md, "Fine-tuning").
-FINETUNE_STEPS = 200
-FINETUNE_LR = 5e-5
+FINETUNE_STEPS = 400
+FINETUNE_LR = 5e-4
 FINETUNE_CLASS_BALANCE = 0.0
 FINETUNE_HEAD_LR_SCALE = 1.0  # a grown / new mask head learns this many times faster
 

@@ -114,9 +114,10 @@ class FinetuneControls(QWidget):
             self.model_picker.combo: "The model to start from; the result is a new version, "
             "the base stays as it is",
             self.steps: "Training steps (batches of 4 slices). Time grows linearly: about "
-            "a second per step on a laptop CPU with the default model",
-            self.lr: "Learning rate (AdamW), e.g. 5e-5. Higher learns faster from few "
-            "slices but may forget what the model knew",
+            "half a second per step on a 2-core laptop CPU with the default model",
+            self.lr: "Learning rate (AdamW); the default was chosen by measurement "
+            "(benchmarks/finetune.py). Higher learns faster from few slices but may forget "
+            "what the model knew",
             self.device: "Where to train: auto picks a GPU (cuda / mps) if present, else the CPU",
             self.new_model: "Start a new model for exactly the label values in these labels "
             "(background included), keeping only the base model's image weights: for a "
