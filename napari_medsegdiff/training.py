@@ -41,7 +41,9 @@ from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, ma
 from napari_medsegdiff.diffusion.schedule import NoiseSchedule
 from napari_medsegdiff.ensemble import fuse, member_probabilities
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback
+from napari_medsegdiff.seeds import mix_seed
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -58,22 +60,6 @@ class TrainResult:
     val_dice: list[tuple[int, float]] = field(default_factory=list)
     best_dice: float | None = None
     cancelled: bool = False
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from integers (splitmix64 chain): (seed, step, index) -> seed."""
-    state = 0x9E3779B97F4A7C15
-    for value in values:
-        state = (state ^ (int(value) & _MASK64)) & _MASK64
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        state = z ^ (z >> 31)
-    return state >> 1
 
 
 def sample_noise(
@@ -164,12 +150,11 @@ class EMA:
 
 def dice_score(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
     """Mean Dice over foreground classes present in either map (both empty -> 1)."""
-    scores = []
-    for k in range(1, max(2, classes)):
-        p, t = pred == k, truth == k
-        denom = p.sum() + t.sum()
-        if denom:
-            scores.append(2.0 * np.logical_and(p, t).sum() / denom)
+    scores = [
+        dice(pred == k, truth == k)
+        for k in range(1, max(2, classes))
+        if np.any(pred == k) or np.any(truth == k)
+    ]
     return float(np.mean(scores)) if scores else 1.0
 
 
