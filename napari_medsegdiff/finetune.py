@@ -49,7 +49,8 @@ from napari_medsegdiff.heads import (
 )
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.progress import CancelToken, ProgressCallback
-from napari_medsegdiff.training import train, validate
+from napari_medsegdiff.training import train
+from napari_medsegdiff.validation import validate
 
 DEFAULT_STEPS = FINETUNE_STEPS
 DEFAULT_LR = FINETUNE_LR
