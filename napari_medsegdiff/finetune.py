@@ -129,8 +129,8 @@ def replay_slices(
     size: int, channels: int, classes: int, count: int = 16, seed: int = 0
 ) -> SliceSet:
     """Slices of the shipped sample scan (the default model's training data) for replay."""
-    from napari_medsegdiff._sample_data import sample_paths
     from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.sample import sample_paths
 
     if channels != 1:
         raise InputError(
