@@ -75,8 +75,8 @@ def segment_cohort(
     Returns totals over all ranks: ``written`` and ``skipped`` scans, ``scans`` in the
     folder, and ``mine``, the scan names this rank wrote.
     """
-    from napari_medsegdiff.commands import segment_files
     from napari_medsegdiff.distributed import all_reduce, barrier, distributed_session, shard
+    from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.segmenter import Segmenter
 
     scans = list_scans(folder)

@@ -32,7 +32,7 @@ def run_headless_demo(
     model: str | None = None,
 ) -> str:
     """Segment the sample scan with the default model; return a printable summary."""
-    from napari_medsegdiff.commands import segment_files
+    from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.metrics import dice
     from napari_medsegdiff.nifti import read_volume
     from napari_medsegdiff.sample import sample_paths

@@ -18,6 +18,8 @@ see :mod:`napari_medsegdiff.metrics` for the conventions.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(row("mean", "all", report["mean"]))
     lines.append(f"{len(report['cases'])} case(s); '-' = undefined (e.g. a label missed entirely)")
     return "\n".join(lines)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically (``--json`` reports)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
