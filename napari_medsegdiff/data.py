@@ -264,3 +264,24 @@ def split_holdout(
         held = sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
     train = [i for i in range(n) if i not in set(held)]
     return train, held
+
+
+def replay_slices(
+    size: int, channels: int, classes: int, count: int = 16, seed: int = 0
+) -> SliceSet:
+    """Slices of the shipped sample scan (the default model's training data) for replay."""
+    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.sample import sample_paths
+
+    if channels != 1:
+        raise InputError(
+            f"--replay: the sample data has 1 channel but the model expects {channels}"
+        )
+    t1, tissue = sample_paths()
+    image, labels = read_volume(t1), np.rint(read_volume(tissue).data).astype(np.int64)
+    if classes == 2:
+        labels = (labels > 0).astype(np.int64)
+    fg = [i for i in range(labels.shape[0]) if labels[i].any()]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.permutation(fg)[:count].tolist())
+    return slices_from_volume(image.data, labels, size, pick, name="sample")
