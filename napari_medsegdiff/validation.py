@@ -17,6 +17,7 @@ from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, ma
 from napari_medsegdiff.ensemble import fuse, member_probabilities
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.progress import CancelToken
+from napari_medsegdiff.seeds import member_seed
 
 
 def dice_score(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
@@ -50,8 +51,9 @@ def sample_masks(
         n = img.shape[0]
         cond = model.encode_condition(img)
         idx = torch.arange(n, device=device).repeat_interleave(ensemble)
+        # (slice, member) rows seeded like Segmenter's, so validation scores what users get
         gens = [
-            torch.Generator().manual_seed(seed * 1000 + m)
+            torch.Generator().manual_seed(member_seed(seed, m))
             for _ in range(n)
             for m in range(ensemble)
         ]
