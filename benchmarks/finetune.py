@@ -47,18 +47,23 @@ def scores(model, sc: Scenario, slices: list[int], sampler: SamplerConfig) -> di
 
 def threshold_baseline(sc: Scenario, train: list[int], evaluated: list[int]) -> float:
     """A simple baseline for a new task: the intensity range of the annotated voxels
-    (2nd-98th percentile), largest connected component per slice."""
+    (2nd-98th percentile), then per slice the connected component nearest the annotated
+    voxels' mean position (in-plane)."""
     from scipy import ndimage as ndi
 
     values = np.concatenate([sc.image[z][sc.labels[z] == 1] for z in train])
     lo, hi = np.percentile(values, [2, 98])
+    where = np.concatenate([np.argwhere(sc.labels[z] == 1) for z in train])
+    centre = where.mean(0)
     out = []
     for z in evaluated:
         mask = (sc.image[z] >= lo) & (sc.image[z] <= hi)
         parts, n = ndi.label(mask)
         if n:
-            sizes = ndi.sum(mask, parts, range(1, n + 1))
-            mask = parts == int(np.argmax(sizes)) + 1
+            centres = np.array(ndi.center_of_mass(mask, parts, range(1, n + 1)))
+            sizes = np.asarray(ndi.sum(mask, parts, range(1, n + 1)))
+            distance = np.linalg.norm(centres - centre, axis=1) + 1e3 * (sizes < 10)
+            mask = parts == int(np.argmin(distance)) + 1
         out.append(dice(mask, sc.labels[z] == 1))
     return float(np.mean(out))
 

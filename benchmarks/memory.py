@@ -1,7 +1,7 @@
 """Peak memory of segmenting a large volume through the CLI's engine path.
 
 Writes a synthetic scan slice by slice (default 512 x 512 x 300 int16, 150 MiB on disk)
-without ever holding it in memory, then runs ``commands.segment_files`` (what
+without ever holding it in memory, then runs ``jobs.segment_files`` (what
 ``medsegdiff segment`` calls) on **every** slice with an untrained model and few steps,
 writing the labels and the variance map. Peak resident memory (``ru_maxrss``) is compared
 with the volume's size: the goal is peak <= volume + 2 GiB. A sampler thread records RSS
@@ -106,8 +106,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.commands import segment_files
     from napari_medsegdiff.config import SamplerConfig, preset
+    from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.model import build_model
     from napari_medsegdiff.segmenter import Segmenter
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_medsegdiff._sample_data import sample_paths
 from napari_medsegdiff.checkpoints import resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.evaluate import evaluate_paths
 from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter
 
 CLASSES = {1: "GM", 2: "WM"}

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_medsegdiff._sample_data import sample_paths
 from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.sample import sample_paths
 
 VENTRICLES = 3
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from napari_medsegdiff.dicom import find_series, is_dicom_input, read_dicom
 from napari_medsegdiff.errors import InputError
-from napari_medsegdiff.nifti import is_nifti_input_path, nifti_stem, read_volume
+from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.paths import is_nifti_input_path, nifti_stem
 from napari_medsegdiff.volume import Volume, VolumeGeometry
 
 __all__ = [

@@ -1,19 +1,14 @@
 """napari sample-data contribution: the ICBM152 2009a T1 with its GM/WM tissue labels.
 
-The files live inside the package (``napari_medsegdiff/sample_data/``; provenance and the
-template's copyright notice in its README.md) and are found through
-``importlib.resources``, so this also works from a wheel install.
+The paths come from :mod:`napari_medsegdiff.sample` (the engine's copy); this module only
+turns them into layer tuples.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import pathlib
-from importlib import resources
-
 from napari_medsegdiff._reader import LayerData, layer_data_from_volume
 from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.sample import sample_paths
 
 __all__ = [
     "SAMPLE_CLASS_NAMES",
@@ -26,22 +21,6 @@ __all__ = [
 SAMPLE_T1_NAME = "ICBM152 T1"
 SAMPLE_LABELS_NAME = "ICBM152 tissue (reference)"
 SAMPLE_CLASS_NAMES = ("background", "grey matter", "white matter")
-_T1_FILE = "icbm152_t1.nii.gz"
-_LABELS_FILE = "icbm152_tissue.nii.gz"
-_files = contextlib.ExitStack()
-atexit.register(_files.close)
-
-
-def _resource_path(name: str) -> pathlib.Path:
-    ref = resources.files("napari_medsegdiff") / "sample_data" / name
-    if isinstance(ref, pathlib.Path):
-        return ref
-    return pathlib.Path(_files.enter_context(resources.as_file(ref)))  # zipped install
-
-
-def sample_paths() -> tuple[pathlib.Path, pathlib.Path]:
-    """(T1 scan, tissue labels) paths: 0 background, 1 grey matter, 2 white matter."""
-    return _resource_path(_T1_FILE), _resource_path(_LABELS_FILE)
 
 
 def make_sample_data() -> list[LayerData]:

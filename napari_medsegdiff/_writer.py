@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from napari_medsegdiff.errors import InputError
-from napari_medsegdiff.nifti import is_nifti_path, write_labels
+from napari_medsegdiff.nifti import write_labels
+from napari_medsegdiff.paths import is_nifti_path
 from napari_medsegdiff.volume import VolumeGeometry
 
 __all__ = ["write_labels_layer"]

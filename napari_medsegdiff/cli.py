@@ -7,19 +7,16 @@ one line (``medsegdiff: error: ...``) and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from napari_medsegdiff import __version__
 from napari_medsegdiff.config import FINETUNE_LR as DEFAULT_LR
 from napari_medsegdiff.config import FINETUNE_STEPS as DEFAULT_STEPS
 from napari_medsegdiff.config import SamplerConfig
-from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
+from napari_medsegdiff.errors import Cancelled, MedSegDiffError
+from napari_medsegdiff.paths import AUTO_NAME
 
-AUTO_NAME = "<auto>"  # --variance given without a file name
 _SAMPLER = SamplerConfig()
 
 
@@ -38,23 +35,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _tqdm(total: int, desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        disable=not _is_main_rank(),
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-
-
-def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _add_segment(sub) -> None:
@@ -284,17 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print(f"medsegdiff {args.command}: error: out of memory", file=sys.stderr)
         return 2
-
-
-def write_json(path: str, data: dict) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
 
 
 if __name__ == "__main__":

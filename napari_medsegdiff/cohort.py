@@ -15,19 +15,16 @@ from pathlib import Path
 
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.paths import list_nifti_files, nifti_stem
 
 
 def cohort_outputs(scan: Path, out_dir: Path) -> tuple[Path, Path]:
-    from napari_medsegdiff.nifti import nifti_stem
-
     stem = nifti_stem(scan)
     return out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_variance.nii.gz"
 
 
 def list_scans(folder: Path) -> list[Path]:
-    scans = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.name.endswith((".nii", ".nii.gz"))
-    )
+    scans = list_nifti_files(folder)
     if not scans:
         raise InputError(f"{folder}: no .nii/.nii.gz scans in this folder")
     return scans
@@ -78,8 +75,8 @@ def segment_cohort(
     Returns totals over all ranks: ``written`` and ``skipped`` scans, ``scans`` in the
     folder, and ``mine``, the scan names this rank wrote.
     """
-    from napari_medsegdiff.commands import segment_files
     from napari_medsegdiff.distributed import all_reduce, barrier, distributed_session, shard
+    from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.segmenter import Segmenter
 
     scans = list_scans(folder)

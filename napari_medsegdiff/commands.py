@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.jobs import segment_files
 
 
 def _echo(message: str) -> None:
-    from napari_medsegdiff.cli import _is_main_rank
+    from napari_medsegdiff.distributed import is_launch_main as _is_main_rank
 
     if _is_main_rank():
         print(message, flush=True)
@@ -33,99 +32,10 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
     return center, width
 
 
-def _check_new(path: str | None, overwrite: bool, arg: str) -> Path | None:
-    if path is None:
-        return None
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"{arg} {target}: is a folder; give a file name ending in .nii.gz")
-    if target.exists() and not overwrite:
-        raise InputError(f"{arg} {target}: already exists; pass --overwrite to replace it")
-    if not target.parent.is_dir():
-        raise InputError(f"{arg} {target}: folder {target.parent} does not exist")
-    try:  # a real probe (root ignores permission bits): fail before a long run, not after
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe-"):
-            pass
-    except OSError as exc:
-        why = exc.strerror or exc
-        raise InputError(f"{arg} {target}: cannot write in {target.parent} ({why})") from None
-    if not target.name.endswith((".nii", ".nii.gz")):
-        raise InputError(f"{arg} {target}: must end with .nii or .nii.gz")
-    return target
-
-
-def segment_files(
-    images: list[str],
-    output: str,
-    *,
-    variance: str | None = None,
-    probability: str | None = None,
-    model: str | None = None,
-    sampler: SamplerConfig,
-    slices: str | None = None,
-    device: str = "auto",
-    window: tuple[float, float] | None = None,
-    overwrite: bool = False,
-    segmenter=None,
-    progress: bool = True,
-    series: str | None = None,
-) -> dict:
-    """Segment one scan (several NIfTI files = channels, or one DICOM series) and write
-    aligned NIfTI outputs."""
-    from napari_medsegdiff.inputs import read_scan
-    from napari_medsegdiff.nifti import write_image, write_labels
-    from napari_medsegdiff.segmenter import Segmenter, assemble, parse_slices
-
-    out = _check_new(output, overwrite, "-o")
-    var_path = _check_new(variance, overwrite, "--variance")
-    prob_path = _check_new(probability, overwrite, "--probability")
-    volume = read_scan(images, series=series)
-    seg = segmenter or Segmenter.load(model, device)
-    indices = parse_slices(slices, volume.data.shape[0])
-    bar = None  # made at the first report: an input error stays one line on stderr
-    start = time.perf_counter()
-
-    def on_progress(p) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _tqdm_or_none(len(indices), Path(images[0]).name, progress)
-        if bar is not None and p.step is None:
-            bar.n = p.done
-            bar.refresh()
-
-    results = seg.segment_volume(
-        volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
-    )
-    try:
-        mask, var, prob = assemble(
-            results,
-            volume.data.shape[:3],
-            variance=var_path is not None,
-            probability=prob_path is not None,
-        )
-    finally:  # an error message then starts on its own line
-        if bar is not None:
-            bar.close()
-    # Keep only what gets written (peak memory): the geometry, not the scan's voxels.
-    geometry = volume.geometry
-    del results, volume
-    written = [write_labels(mask, geometry, out, overwrite=overwrite)]
-    if var_path is not None:
-        written.append(write_image(var, geometry, var_path, overwrite=overwrite))
-    if prob_path is not None:
-        written.append(write_image(prob, geometry, prob_path, overwrite=overwrite))
-    return {
-        "outputs": [str(p) for p in written],
-        "slices": len(indices),
-        "seconds": time.perf_counter() - start,
-        "model": seg.name,
-    }
-
-
 def _tqdm_or_none(total: int, desc: str, enabled: bool, unit: str = "slice"):
     if not enabled:
         return None
-    from napari_medsegdiff.cli import _tqdm
+    from napari_medsegdiff.progress import tqdm_bar as _tqdm
 
     return _tqdm(total, desc, unit)
 
@@ -170,8 +80,8 @@ def _sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
 
 def _variance_path(variance: str | None, output: str) -> str | None:
     """``--variance`` alone (or the old ``yes``) -> ``<output name>_variance.nii.gz``."""
-    from napari_medsegdiff.cli import AUTO_NAME
     from napari_medsegdiff.nifti import nifti_stem
+    from napari_medsegdiff.paths import AUTO_NAME
 
     if variance in (AUTO_NAME, "yes"):
         out = Path(output)
@@ -200,7 +110,7 @@ def _tqdm_progress(desc: str, unit: str):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from napari_medsegdiff.cli import AUTO_NAME
+    from napari_medsegdiff.paths import AUTO_NAME
 
     args.model = _model_arg(args.model)
     sampler = _sampler_from_args(args)
@@ -241,7 +151,7 @@ def run_segment(args: argparse.Namespace) -> int:
             f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> {args.output}"
         )
         return 0
-    from napari_medsegdiff.cli import _is_main_rank
+    from napari_medsegdiff.distributed import is_launch_main as _is_main_rank
 
     if not _is_main_rank():
         return 0  # one scan under torchrun: rank 0 writes it, the others have nothing to do
@@ -384,8 +294,7 @@ def run_suggest(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from napari_medsegdiff.cli import write_json
-    from napari_medsegdiff.evaluate import evaluate_paths, format_report
+    from napari_medsegdiff.evaluate import evaluate_paths, format_report, write_json
 
     report = evaluate_paths(Path(args.pred), Path(args.truth), slices=args.slices)
     print(format_report(report))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.paths import NIFTI_SUFFIXES, list_nifti_files, strip_suffix
 from napari_medsegdiff.preprocessing import normalize_intensity, resize_slices
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
@@ -54,11 +54,8 @@ class SliceSet(torch.utils.data.Dataset):
 
 
 def name_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """File name without its NIfTI or image extension."""
+    return strip_suffix(path.name, (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)) or path.stem
 
 
 def fit_to_square(
@@ -144,7 +141,7 @@ def load_nifti_folder(root: Path, size: int) -> SliceSet:
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise InputError(f"--data {root}: expected images/ and labels/ folders (layout nifti)")
     sets = []
-    files = sorted(p for p in img_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    files = list_nifti_files(img_dir)
     if not files:
         raise InputError(f"--data {root}: no .nii/.nii.gz files in images/")
     for path in files:
@@ -267,3 +264,24 @@ def split_holdout(
         held = sorted(np.random.default_rng(seed).permutation(n)[:k].tolist())
     train = [i for i in range(n) if i not in set(held)]
     return train, held
+
+
+def replay_slices(
+    size: int, channels: int, classes: int, count: int = 16, seed: int = 0
+) -> SliceSet:
+    """Slices of the shipped sample scan (the default model's training data) for replay."""
+    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.sample import sample_paths
+
+    if channels != 1:
+        raise InputError(
+            f"--replay: the sample data has 1 channel but the model expects {channels}"
+        )
+    t1, tissue = sample_paths()
+    image, labels = read_volume(t1), np.rint(read_volume(tissue).data).astype(np.int64)
+    if classes == 2:
+        labels = (labels > 0).astype(np.int64)
+    fg = [i for i in range(labels.shape[0]) if labels[i].any()]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.permutation(fg)[:count].tolist())
+    return slices_from_volume(image.data, labels, size, pick, name="sample")

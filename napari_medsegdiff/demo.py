@@ -38,10 +38,10 @@ def run_headless_demo(
 
     ``overwrite`` is kept for callers; the demo always replaces its own output files.
     """
-    from napari_medsegdiff._sample_data import sample_paths
-    from napari_medsegdiff.commands import segment_files
+    from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.metrics import dice
     from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.sample import sample_paths
     from napari_medsegdiff.segmenter import parse_slices
 
     t1, tissue = sample_paths()

@@ -84,7 +84,7 @@ def is_dicom_input(path: PathLike) -> bool:
         return is_dicom_file(p)
     if not p.is_dir():
         return False
-    from napari_medsegdiff.nifti import is_nifti_input_path
+    from napari_medsegdiff.paths import is_nifti_input_path
 
     top = [c for c in sorted(p.iterdir()) if c.is_file() and not c.name.startswith(".")]
     if any(is_nifti_input_path(c) for c in top):

@@ -17,15 +17,35 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
-
-from napari_medsegdiff.devices import choose_device
 from napari_medsegdiff.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 T = TypeVar("T")
+
+
+def _dist():
+    """``torch.distributed``, imported on first use (the CLI starts without torch)."""
+    import torch.distributed as dist
+
+    return dist
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher (torchrun) set it in ``RANK``; 0 without one.
+
+    Valid before any process group exists: the CLI uses it to keep progress bars and
+    messages to one process.
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_launch_main() -> bool:
+    """True in the launcher's rank 0 (or without a launcher)."""
+    return launch_rank() == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -35,15 +55,18 @@ def launched_by_torchrun() -> bool:
 
 def is_distributed() -> bool:
     """True when a process group is initialised (this process is one rank of several)."""
+    dist = _dist()
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    """Rank in the process group; 0 without one."""
+    return _dist().get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    """Processes in the group; 1 without one."""
+    return _dist().get_world_size() if is_distributed() else 1
 
 
 def is_main_process() -> bool:
@@ -58,6 +81,10 @@ def backend_for(device: torch.device) -> str:
 
 def local_device(device: str | torch.device = "auto") -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` when ``device`` resolves to CUDA."""
+    import torch
+
+    from napari_medsegdiff.devices import choose_device
+
     dev = choose_device(device)
     if dev.type != "cuda":
         return dev
@@ -85,6 +112,9 @@ def distributed_session(device: str | torch.device = "auto") -> Iterator[torch.d
     if not launched_by_torchrun():
         yield None
         return
+    import torch
+
+    dist = _dist()
     dev = local_device(device)
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
@@ -107,7 +137,9 @@ def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None
 
 def _reduce_device() -> torch.device:
     """Where collective tensors must live: the current GPU for nccl, else the CPU."""
-    if dist.get_backend() == "nccl":
+    import torch
+
+    if _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -116,6 +148,9 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
     """Sum (or max) a few numbers over all ranks, in float64; identity in one process."""
     if not is_distributed():
         return [float(v) for v in values]
+    import torch
+
+    dist = _dist()
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return tensor.cpu().tolist()
@@ -125,12 +160,12 @@ def all_gather_object(obj: T) -> list[T]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
     if not is_distributed():
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * world_size()
+    _dist().all_gather_object(out, obj)
     return out
 
 
 def barrier() -> None:
     """Wait for every rank; a no-op in one process."""
     if is_distributed():
-        dist.barrier()
+        _dist().barrier()

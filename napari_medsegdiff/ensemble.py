@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_medsegdiff.config import FUSIONS
 from napari_medsegdiff.errors import InputError
-
-FUSIONS: tuple[str, ...] = ("mean", "vote", "staple")
 
 
 @dataclass

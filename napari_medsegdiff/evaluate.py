@@ -18,35 +18,25 @@ see :mod:`napari_medsegdiff.metrics` for the conventions.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.metrics import METRIC_KEYS, finite_mean, json_number, summarize
-
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
-
-
-def _case_name(path: Path) -> str | None:
-    """File name without its NIfTI extension, or None if it is not a NIfTI file."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
+from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.paths import is_nifti_path, list_nifti_files, nifti_stem
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
     """``{case name: path}`` for the NIfTI files directly inside ``folder``."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        name = _case_name(path)
-        if name is None or not path.is_file():
-            continue
+    for path in list_nifti_files(folder):
+        name = nifti_stem(path)
         if name in found:
             raise InputError(
                 f"{folder}: both {found[name].name} and {path.name} name case {name!r}"
@@ -58,22 +48,21 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 
 
 def _load_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Integer label array (3-D, trailing singleton axes dropped) and voxel size in mm."""
+    """Integer label array in the file's own axis order and its voxel size in mm."""
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-        zooms = tuple(float(z) for z in image.header.get_zooms())
-    except Exception as exc:  # nibabel raises many types for unreadable files
+        volume = read_volume(path, dtype=None)
+    except InputError as exc:
         raise InputError(f"{path}: cannot read as NIfTI ({exc})") from exc
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim not in (2, 3):
-        raise InputError(f"{path}: expected a 3-D label volume, got shape {data.shape}")
+    if volume.data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D label volume, got shape {volume.data.shape}")
+    geometry = volume.geometry
+    data = geometry.to_source(volume.data)  # the file's (i, j, k) order, as written
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: label volume contains NaN or Inf")
     labels = np.rint(data).astype(np.int64) if data.dtype.kind == "f" else data.astype(np.int64)
-    spacing = zooms[: labels.ndim]
-    if len(spacing) < labels.ndim or not all(s > 0 for s in spacing):
+    zooms = np.sqrt((np.asarray(geometry.affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    spacing = tuple(float(z) for z in zooms)
+    if not all(s > 0 for s in spacing):
         spacing = (1.0,) * labels.ndim
     return labels, spacing
 
@@ -144,7 +133,7 @@ def _pairs(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
         raise InputError(f"{pred} and {truth}: give two NIfTI files or two folders")
     if not pred.is_dir():
         for path in (pred, truth):
-            if _case_name(path) is None:
+            if not is_nifti_path(path):
                 raise InputError(f"{path}: not a .nii or .nii.gz file")
         return [(pred, truth)]
     preds, truths = _nifti_files(pred), _nifti_files(truth)
@@ -200,7 +189,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
 
     for case in report["cases"]:
-        name = _case_name(Path(case["pred"])) or Path(case["pred"]).name
+        name = nifti_stem(case["pred"])
         if not case["labels"]:
             lines.append(f"{name[:28]:<28} {'-':>5}  (no foreground in either volume)")
         for label, m in case["labels"].items():
@@ -225,3 +214,15 @@ def _span(indices: list[int]) -> str:
         return f"{indices[0]}:{indices[-1] + 1}"
     shown = ",".join(str(i) for i in indices[:8])
     return shown + ("…" if len(indices) > 8 else "")
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically (``--json`` reports)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"--json {path}: cannot write ({exc.strerror or exc})") from None

@@ -12,7 +12,7 @@ import datetime as _dt
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,25 @@ from napari_medsegdiff.config import (
     FINETUNE_HEAD_LR_SCALE,
     FINETUNE_LR,
     FINETUNE_STEPS,
+    ModelConfig,
     TrainConfig,
 )
-from napari_medsegdiff.data import SliceSet, slices_from_volume, split_holdout
+from napari_medsegdiff.data import SliceSet, replay_slices, slices_from_volume, split_holdout
 from napari_medsegdiff.devices import choose_device
 from napari_medsegdiff.errors import Cancelled, InputError
 from napari_medsegdiff.heads import (
     MAX_CLASSES,
+    ClassPlan,
     grow_classes,
     head_parameter_names,
+    infer_parents,
     new_task_head,
+    plan_classes,
 )
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.progress import CancelToken, ProgressCallback
-from napari_medsegdiff.training import train, validate
+from napari_medsegdiff.training import train
+from napari_medsegdiff.validation import validate
 
 DEFAULT_STEPS = FINETUNE_STEPS
 DEFAULT_LR = FINETUNE_LR
@@ -124,73 +129,6 @@ def training_slices(
     return chosen
 
 
-def replay_slices(
-    size: int, channels: int, classes: int, count: int = 16, seed: int = 0
-) -> SliceSet:
-    """Slices of the shipped sample scan (the default model's training data) for replay."""
-    from napari_medsegdiff._sample_data import sample_paths
-    from napari_medsegdiff.nifti import read_volume
-
-    if channels != 1:
-        raise InputError(
-            f"--replay: the sample data has 1 channel but the model expects {channels}"
-        )
-    t1, tissue = sample_paths()
-    image, labels = read_volume(t1), np.rint(read_volume(tissue).data).astype(np.int64)
-    if classes == 2:
-        labels = (labels > 0).astype(np.int64)
-    fg = [i for i in range(labels.shape[0]) if labels[i].any()]
-    rng = np.random.default_rng(seed)
-    pick = sorted(rng.permutation(fg)[:count].tolist())
-    return slices_from_volume(image.data, labels, size, pick, name="sample")
-
-
-@dataclass(frozen=True)
-class ClassPlan:
-    """How the model's classes change: ``mode`` is 'keep', 'grow' or 'new'."""
-
-    mode: str
-    classes: int
-    added: tuple[int, ...] = ()
-    parents: dict[int, int] = field(default_factory=dict)
-
-
-def plan_classes(base_classes: int, labels: np.ndarray, new_model: bool) -> ClassPlan:
-    """Which classes the fine-tuned model will have, from the labels' largest value."""
-    top = int(labels.max()) if labels.size else 0
-    if new_model:
-        if top < 1:
-            raise InputError("a new model needs labels with at least one structure (value 1+)")
-        return ClassPlan("new", top + 1, tuple(range(1, top + 1)))
-    if top < base_classes:
-        return ClassPlan("keep", base_classes)
-    return ClassPlan("grow", top + 1, tuple(range(base_classes, top + 1)))
-
-
-def infer_parents(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    added: Sequence[int],
-    proposal: torch.Tensor | None = None,
-) -> dict[int, int]:
-    """For each new class, the old class its pixels had: from the kept proposal, else
-    the V2 anchor segmentation (one forward), else background.
-
-    images [N, C, S, S], labels / proposal [N, S, S]."""
-    if proposal is None:
-        with torch.inference_mode():
-            logits = model.encode_condition(images).anchor_logits
-        if logits is None:
-            return {c: 0 for c in added}
-        proposal = (logits.argmax(1) if logits.shape[1] > 1 else logits[:, 0] > 0).long()
-    parents = {}
-    for c in added:
-        under = proposal[labels == c]
-        parents[c] = int(torch.bincount(under).argmax()) if under.numel() else 0
-    return parents
-
-
 def finetune(
     base_model: str | Path | None,
     image: np.ndarray,
@@ -231,9 +169,84 @@ def finetune(
     dev = choose_device(device)
     base_net, info = load_model(base_path, "cpu")
     img, lab = _check_inputs(image, labels, info)
-    plan = plan_classes(info.config.num_classes, lab, new_model)
     chosen = training_slices(lab, proposal, reviewed, slices)
+    prep = _prepare(base_net, info, img, lab, chosen, proposal, new_model, holdout, seed)
+    plan, cfg = prep.plan, prep.cfg
+    names = _class_names(info, plan, class_names)
+    if replay and plan.mode == "keep":
+        extra = replay_slices(cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed)
+        prep.train_set = SliceSet.concat([prep.train_set, extra])
+    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    before = None
+    if prep.val_set is not None and plan.mode == "keep":
+        before = validate(base_net.to(dev), cfg, prep.val_set, steps=20, ensemble=1, seed=seed)
+    settings = {
+        "steps": steps, "lr": lr, "batch_size": batch_size, "replay": replay,
+        "freeze_condition": freeze_condition, "class_balance": class_balance,
+        "head_lr_scale": head_lr_scale if plan.mode != "keep" else 1.0,
+    }  # fmt: skip
+    tcfg = _train_config(settings, cfg, plan, val_every, seed, augment)
+    aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
+    scratch_root = target.parent if target is not None else store.root
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=scratch_root))
+    try:
+        result = train(
+            cfg, tcfg, prep.train_set, work, val=prep.val_set, device=dev,
+            init_state=prep.init_state, augment=aug, on_progress=on_progress, cancel=cancel,
+        )  # fmt: skip
+        source = result.best or result.last
+        if source is None or result.steps_done == 0:
+            raise Cancelled("fine-tuning cancelled before the first step; no version saved")
+        from safetensors.torch import load_file
+
+        state = load_file(str(source / WEIGHTS))
+        provenance = _provenance(
+            info, base_path, image_files, chosen, prep, reviewed, names, settings, result,
+            before, dev,
+        )  # fmt: skip
+        meta = {
+            "base": info.name,
+            "partial": result.cancelled,
+            "val_dice": result.best_dice,
+            "classes": {str(k): v for k, v in names.items()},
+        }
+        if target is not None:
+            path = save_model(target, state, cfg, meta=meta, provenance=provenance)
+        else:
+            path = store.save_version(info.name, state, cfg, meta=meta, provenance=provenance)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return FinetuneResult(path, provenance)
+
+
+@dataclass
+class _Prepared:
+    """Training data and starting point of a fine-tune run."""
+
+    cfg: ModelConfig
+    plan: ClassPlan
+    init_state: dict[str, torch.Tensor]
+    train_idx: list[int]
+    held_idx: list[int]
+    train_set: SliceSet
+    val_set: SliceSet | None
+
+
+def _prepare(
+    base_net: torch.nn.Module,
+    info: ModelInfo,
+    img: np.ndarray,
+    lab: np.ndarray,
+    chosen: list[int],
+    proposal: np.ndarray | None,
+    new_model: bool,
+    holdout: float,
+    seed: int,
+) -> _Prepared:
+    """Model-sized slices, the class plan (grown / new head) and the hold-out split."""
     cfg = info.config
+    plan = plan_classes(cfg.num_classes, lab, new_model)
     norm = normalize_intensity(img)
     data = slices_from_volume(norm, lab, cfg.image_size, chosen, normalized=True, name="scan")
     init_state = base_net.state_dict()
@@ -248,99 +261,84 @@ def finetune(
         init_state, cfg = grow_classes(init_state, cfg, plan.classes, parents)
     elif plan.mode == "new":
         init_state, cfg = new_task_head(init_state, cfg, plan.classes)
-    names = _class_names(info, plan, class_names)
     train_idx, held_idx = split_holdout(len(chosen), holdout if len(chosen) >= 4 else 0, seed)
-    train_set, val_set = data.subset(train_idx), data.subset(held_idx) if held_idx else None
-    if replay and plan.mode == "keep":
-        train_set = SliceSet.concat(
-            [train_set, replay_slices(cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed)]
-        )
-    store = store if isinstance(store, ModelStore) else ModelStore(store)
-    before = None
-    if val_set is not None and plan.mode == "keep":
-        before = validate(base_net.to(dev), cfg, val_set, steps=20, ensemble=1, seed=seed)
-    tcfg = TrainConfig(
+    val_set = data.subset(held_idx) if held_idx else None
+    return _Prepared(cfg, plan, init_state, train_idx, held_idx, data.subset(train_idx), val_set)
+
+
+def _train_config(
+    settings: dict[str, Any],
+    cfg: ModelConfig,
+    plan: ClassPlan,
+    val_every: int | None,
+    seed: int,
+    augment: bool,
+) -> TrainConfig:
+    """The fine-tune loop: EMA 0.99, about 5 validations, a new head learns faster."""
+    steps = settings["steps"]
+    return TrainConfig(
         steps=steps,
-        batch_size=batch_size,
-        lr=lr,
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
         ema_decay=0.99,
         val_every=val_every or max(1, steps // 5),
         save_every=steps,
         seed=seed,
         augment=augment,
-        freeze_condition=freeze_condition,
-        class_balance=class_balance,
+        freeze_condition=settings["freeze_condition"],
+        class_balance=settings["class_balance"],
         head_params=head_parameter_names(cfg) if plan.mode != "keep" else (),
-        head_lr_scale=head_lr_scale,
+        head_lr_scale=settings["head_lr_scale"],
     )
-    aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
-    scratch_root = target.parent if target is not None else store.root
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=scratch_root))
-    try:
-        result = train(
-            cfg,
-            tcfg,
-            train_set,
-            work,
-            val=val_set,
-            device=dev,
-            init_state=init_state,
-            augment=aug,
-            on_progress=on_progress,
-            cancel=cancel,
-        )
-        source = result.best or result.last
-        if source is None or result.steps_done == 0:
-            raise Cancelled("fine-tuning cancelled before the first step; no version saved")
-        from safetensors.torch import load_file
 
-        state = load_file(str(source / WEIGHTS))
-        provenance = {
-            "base_model": {
-                "name": info.name,
-                "path": str(base_path),
-                "sha256": file_sha256(base_path / WEIGHTS),
-            },
-            "image_files": [str(p) for p in image_files],
-            "slices": chosen,
-            "train_slices": [chosen[i] for i in train_idx],
-            "held_out_slices": [chosen[i] for i in held_idx],
-            "reviewed_slices": sorted(int(s) for s in reviewed),
-            "classes": {str(k): v for k, v in names.items()},
-            "class_change": plan.mode,
-            "added_classes": list(plan.added),
-            "class_parents": {str(k): v for k, v in plan.parents.items()},
-            "steps": steps,
-            "steps_done": result.steps_done,
-            "lr": lr,
-            "batch_size": batch_size,
-            "replay": replay,
-            "freeze_condition": freeze_condition,
-            "class_balance": class_balance,
-            "head_lr_scale": head_lr_scale if plan.mode != "keep" else 1.0,
-            "losses": [round(v, 6) for v in result.losses],
-            "held_out_dice": result.val_dice,
-            "held_out_dice_before": before,
-            "held_out_dice_best": result.best_dice,
-            "partial": result.cancelled,
-            "device": str(dev),
-            "package_version": __version__,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        }
-        meta = {
-            "base": info.name,
-            "partial": result.cancelled,
-            "val_dice": result.best_dice,
-            "classes": {str(k): v for k, v in names.items()},
-        }
-        if target is not None:
-            path = save_model(target, state, cfg, meta=meta, provenance=provenance)
-        else:
-            path = store.save_version(info.name, state, cfg, meta=meta, provenance=provenance)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return FinetuneResult(path, provenance)
+
+def _provenance(
+    info: ModelInfo,
+    base_path: Path,
+    image_files: Sequence[str],
+    chosen: list[int],
+    prep: _Prepared,
+    reviewed: Sequence[int],
+    names: Mapping[int, str],
+    settings: dict[str, Any],
+    result: Any,
+    before: float | None,
+    dev: torch.device,
+) -> dict[str, Any]:
+    """What ``provenance.json`` records about a fine-tuned version."""
+    plan = prep.plan
+    return {
+        "base_model": {
+            "name": info.name,
+            "path": str(base_path),
+            "sha256": file_sha256(base_path / WEIGHTS),
+        },
+        "image_files": [str(p) for p in image_files],
+        "slices": chosen,
+        "train_slices": [chosen[i] for i in prep.train_idx],
+        "held_out_slices": [chosen[i] for i in prep.held_idx],
+        "reviewed_slices": sorted(int(s) for s in reviewed),
+        "classes": {str(k): v for k, v in names.items()},
+        "class_change": plan.mode,
+        "added_classes": list(plan.added),
+        "class_parents": {str(k): v for k, v in plan.parents.items()},
+        "steps": settings["steps"],
+        "steps_done": result.steps_done,
+        "lr": settings["lr"],
+        "batch_size": settings["batch_size"],
+        "replay": settings["replay"],
+        "freeze_condition": settings["freeze_condition"],
+        "class_balance": settings["class_balance"],
+        "head_lr_scale": settings["head_lr_scale"],
+        "losses": [round(v, 6) for v in result.losses],
+        "held_out_dice": result.val_dice,
+        "held_out_dice_before": before,
+        "held_out_dice_best": result.best_dice,
+        "partial": result.cancelled,
+        "device": str(dev),
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _check_inputs(

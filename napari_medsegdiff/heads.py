@@ -19,8 +19,10 @@ A binary model (K = 1, foreground logit) becomes one-hot (background = -foregrou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from napari_medsegdiff.config import ModelConfig
@@ -112,3 +114,49 @@ def new_task_head(
         fresh = [rows[0]] + [foreground.clone() for _ in range(classes - 1)]
         out[name] = torch.stack(fresh, axis).contiguous()
     return out, _with_k(cfg, classes)
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """How the model's classes change: ``mode`` is 'keep', 'grow' or 'new'."""
+
+    mode: str
+    classes: int
+    added: tuple[int, ...] = ()
+    parents: dict[int, int] = field(default_factory=dict)
+
+
+def plan_classes(base_classes: int, labels: np.ndarray, new_model: bool) -> ClassPlan:
+    """Which classes the fine-tuned model will have, from the labels' largest value."""
+    top = int(labels.max()) if labels.size else 0
+    if new_model:
+        if top < 1:
+            raise InputError("a new model needs labels with at least one structure (value 1+)")
+        return ClassPlan("new", top + 1, tuple(range(1, top + 1)))
+    if top < base_classes:
+        return ClassPlan("keep", base_classes)
+    return ClassPlan("grow", top + 1, tuple(range(base_classes, top + 1)))
+
+
+def infer_parents(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    added: Sequence[int],
+    proposal: torch.Tensor | None = None,
+) -> dict[int, int]:
+    """For each new class, the old class its pixels had: from the kept proposal, else
+    the V2 anchor segmentation (one forward), else background.
+
+    images [N, C, S, S], labels / proposal [N, S, S]."""
+    if proposal is None:
+        with torch.inference_mode():
+            logits = model.encode_condition(images).anchor_logits
+        if logits is None:
+            return {c: 0 for c in added}
+        proposal = (logits.argmax(1) if logits.shape[1] > 1 else logits[:, 0] > 0).long()
+    parents = {}
+    for c in added:
+        under = proposal[labels == c]
+        parents[c] = int(torch.bincount(under).argmax()) if under.numel() else 0
+    return parents

@@ -22,6 +22,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.paths import PathLike, is_nifti_input_path, is_nifti_path, nifti_stem
 from napari_medsegdiff.volume import Volume, VolumeGeometry
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "write_labels",
 ]
 
-PathLike = str | os.PathLike[str]
 MAX_VOXELS = 2**31
 """Refuse files that declare more voxels than this (before allocating anything)."""
 _MAX_GZIP_RATIO = 1100  # DEFLATE cannot expand more than ~1032:1
@@ -47,29 +47,6 @@ _READ_ERRORS = (
     ValueError,
     OverflowError,  # e.g. vox_offset = inf
 )
-
-
-def is_nifti_path(path: PathLike) -> bool:
-    """True when the name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
-    name = os.fspath(path).lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-_PAIR_EXTS = (".hdr", ".img", ".hdr.gz", ".img.gz")
-
-
-def is_nifti_input_path(path: PathLike) -> bool:
-    """True for names that :func:`read_volume` opens: NIfTI and NIfTI-1 pairs (.hdr/.img)."""
-    return is_nifti_path(path) or os.fspath(path).lower().endswith(_PAIR_EXTS)
-
-
-def nifti_stem(path: PathLike) -> str:
-    """File name without ``.nii`` / ``.nii.gz`` (or a pair's ``.hdr`` / ``.img``)."""
-    name = pathlib.Path(path).name
-    for ext in (".nii.gz", ".nii", *_PAIR_EXTS):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:

@@ -72,3 +72,21 @@ def check(cancel: CancelToken | None) -> None:
     """Raise :class:`Cancelled` if ``cancel`` is set (``None`` never cancels)."""
     if cancel is not None:
         cancel.raise_if_cancelled()
+
+
+def tqdm_bar(total: int, desc: str, unit: str):
+    """A tqdm bar on stderr, drawn by the launcher's rank 0 only (silent on other ranks)."""
+    import sys
+
+    from tqdm import tqdm
+
+    from napari_medsegdiff.distributed import is_launch_main
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not is_launch_main(),
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )

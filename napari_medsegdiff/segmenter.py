@@ -31,6 +31,7 @@ from napari_medsegdiff.preprocessing import (
     resize_slices,
 )
 from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback, check
+from napari_medsegdiff.seeds import member_seed
 
 
 @dataclass
@@ -50,12 +51,6 @@ class SliceResult:
         if self.probability.shape[0] == 1:
             return self.probability[0]
         return 1.0 - self.probability[0]
-
-
-def member_seed(seed: int, member: int) -> int:
-    """A 63-bit seed for ensemble member ``member`` of run ``seed``."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
 def parse_slices(

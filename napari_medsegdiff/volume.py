@@ -261,12 +261,3 @@ class Volume:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along (z, y, x)."""
         return self.geometry.spacing
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy aliases: ``read_volume`` / ``write_labels`` / ``write_image`` live in nifti.py."""
-    if name in ("read_volume", "write_labels", "write_image"):
-        from napari_medsegdiff import nifti
-
-        return getattr(nifti, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,6 @@ import time
 import numpy as np
 import torch
 
-from napari_medsegdiff._sample_data import sample_paths
 from napari_medsegdiff.augment import AugmentConfig
 from napari_medsegdiff.checkpoints import CONFIG, WEIGHTS, default_model_path
 from napari_medsegdiff.config import TrainConfig, preset
@@ -31,6 +30,7 @@ from napari_medsegdiff.data import slices_from_volume
 from napari_medsegdiff.model import build_model
 from napari_medsegdiff.nifti import read_volume
 from napari_medsegdiff.preprocessing import normalize_intensity
+from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.training import train
 
 #: The held-out block, as fractions of the brain's axial extent (contiguous, 20% of it).

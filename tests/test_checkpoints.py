@@ -30,17 +30,26 @@ def tiny_folder(tmp_path):
     )
 
 
-def test_roundtrip_builds_the_same_network(tiny_folder):
-    model, info = load_model(tiny_folder)
-    assert info.config == preset("tiny")
-    assert sorted(p.name for p in tiny_folder.iterdir()) == [
+def test_roundtrip_builds_the_same_network(tmp_path):
+    cfg = preset("tiny")
+    torch.manual_seed(7)
+    saved = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+    folder = save_model(tmp_path / "tiny", saved, cfg, provenance={"why": "test"})
+    torch.manual_seed(8)  # a fresh build differs: loading must bring the saved weights
+    model, info = load_model(folder)
+    assert info.config == cfg
+    assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
         "model.safetensors",
         "provenance.json",
     ]
-    again, _ = load_model(tiny_folder)
-    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        assert torch.equal(a, b), k
+    loaded = model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    torch.manual_seed(8)
+    fresh = build_model(cfg).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in saved.items())
 
 
 def test_save_refuses_to_clobber(tiny_folder):

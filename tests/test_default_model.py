@@ -12,11 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_medsegdiff._sample_data import sample_paths
 from napari_medsegdiff.checkpoints import default_model_path, list_models
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]

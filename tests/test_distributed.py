@@ -25,7 +25,8 @@ import torch
 from napari_medsegdiff.config import SamplerConfig, TrainConfig, preset
 from napari_medsegdiff.data import SliceSet
 from napari_medsegdiff.distributed import backend_for, shard
-from napari_medsegdiff.training import STATE_TENSORS, sample_noise
+from napari_medsegdiff.training import sample_noise
+from napari_medsegdiff.training_state import STATE_TENSORS
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -73,7 +74,7 @@ def _forbid_writes(module) -> None:
         raise AssertionError("a rank other than 0 tried to write a checkpoint")
 
     module.save_model = refuse
-    module._save_last = refuse
+    module.save_last = refuse
 
 
 def _train_worker(rank: int, world: int, port: int, out: str, results: str) -> None:
@@ -184,14 +185,14 @@ def test_noise_depends_on_sample_not_on_batch():
 def test_probe_finds_unused_parameters():
     from napari_medsegdiff.diffusion.schedule import NoiseSchedule
     from napari_medsegdiff.model import build_model
-    from napari_medsegdiff.training import _has_unused_parameters
+    from napari_medsegdiff.objective import has_unused_parameters
 
     data = _slices(1, 0)
     model = build_model(CFG)
     schedule = NoiseSchedule(CFG)
-    assert not _has_unused_parameters(model, schedule, CFG, data, torch.device("cpu"))
+    assert not has_unused_parameters(model, schedule, CFG, data, torch.device("cpu"))
     model.spare = torch.nn.Linear(2, 2)
-    assert _has_unused_parameters(model, schedule, CFG, data, torch.device("cpu"))
+    assert has_unused_parameters(model, schedule, CFG, data, torch.device("cpu"))
     assert all(p.grad is None for p in model.parameters())
 
 

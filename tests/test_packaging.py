@@ -81,3 +81,49 @@ def test_wheel_contains_manifest_and_sample_data(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "napari.manifest" in text and "medsegdiff = napari_medsegdiff.cli:main" in text
+
+
+_DISTRIBUTION = {"skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def _third_party_imports(files) -> set[str]:
+    import ast
+
+    names = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+    local = {"napari_medsegdiff", "__future__"}
+    return {n for n in names - local if n not in sys.stdlib_module_names}
+
+
+def _requirement_names(requirements) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_dependencies_say_the_truth():
+    """Core deps cover every import outside gui/; the gui extra covers gui/; no Qt binding
+    is forced on users of the gui extra (napari's plugin convention), but `all` pulls one."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = _requirement_names(project["dependencies"])
+    extras = {k: _requirement_names(v) for k, v in project["optional-dependencies"].items()}
+    package = ROOT / "napari_medsegdiff"
+    gui_files = set(package.glob("gui/*.py"))
+    engine_files = set(package.rglob("*.py")) - gui_files
+    engine = {_DISTRIBUTION.get(n, n).lower() for n in _third_party_imports(engine_files)}
+    assert engine <= core, f"imported but not declared: {sorted(engine - core)}"
+    gui = {_DISTRIBUTION.get(n, n).lower() for n in _third_party_imports(gui_files)}
+    assert gui <= core | extras["gui"], sorted(gui - core - extras["gui"])
+    bindings = {"pyqt5", "pyqt6", "pyside2", "pyside6"}
+    assert not (core | extras["gui"]) & bindings
+    assert {"napari", "magicgui", "qtpy"}.isdisjoint(core)
+    (everything,) = project["optional-dependencies"]["all"]
+    assert "gui" in everything and "pyqt6" in everything and extras["pyqt6"] & bindings
+    assert project["license"] == "MIT"

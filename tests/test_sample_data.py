@@ -10,9 +10,9 @@ from napari_medsegdiff._sample_data import (
     SAMPLE_LABELS_NAME,
     SAMPLE_T1_NAME,
     make_sample_data,
-    sample_paths,
 )
 from napari_medsegdiff.nifti import write_labels
+from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.volume import VolumeGeometry
 
 DISPLAY_SHAPE = (157, 185, 149)

@@ -16,7 +16,6 @@ from qtpy.QtCore import QTimer, Signal
 from napari_medsegdiff.checkpoints import class_names, read_model_info
 from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import InputError, MedSegDiffError
-from napari_medsegdiff.finetune import ClassPlan, plan_classes
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
 from napari_medsegdiff.gui.finetune_ui import FinetuneControls
@@ -28,6 +27,7 @@ from napari_medsegdiff.gui.widgets import (
     short_path,
 )
 from napari_medsegdiff.gui.workers import ProgressRelay, cancel_all, progress_text, warm_imports
+from napari_medsegdiff.heads import ClassPlan, plan_classes
 from napari_medsegdiff.progress import CancelToken
 
 log = logging.getLogger(__name__)

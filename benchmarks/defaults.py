@@ -1,0 +1,95 @@
+"""Sampling defaults by measurement: the cheapest steps x ensemble whose held-out Dice is
+within a tolerance of 50-step sampling at ensemble 10.
+
+    python benchmarks/defaults.py [--model DIR] [--tolerance 0.005] [--write]
+
+Held-out slices: those recorded in the model's config.json (never trained on), every
+k-th up to 8 slices. Cost = steps x ensemble network passes per slice (the condition
+branch runs once per slice whatever the setting). ``--write`` stores the winner as the
+model's recommended ``sampler`` settings in its config.json (weights untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from quality import CLASSES, load_heldout
+
+from napari_medsegdiff.checkpoints import resolve_model
+from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.metrics import dice
+from napari_medsegdiff.segmenter import Segmenter
+
+STEPS = (2, 3, 5, 10, 20)
+ENSEMBLES = (1, 2, 3, 5, 10)
+REFERENCE = (50, 10)
+
+
+def mean_dice(seg: Segmenter, image, labels, slices, steps: int, ensemble: int) -> float:
+    """Mean GM/WM Dice over ``slices`` (seed 0)."""
+    sampler = SamplerConfig(steps=steps, ensemble=ensemble, seed=0)
+    scores = []
+    for r in seg.segment_volume(image, slices=slices, sampler=sampler):
+        scores.append(np.mean([dice(r.mask == k, labels[r.index] == k) for k in CLASSES]))
+    return float(np.mean(scores))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--tolerance", type=float, default=0.005)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="store the winner in config.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = resolve_model(args.model)
+    seg = Segmenter.load(model_dir, "cpu")
+    image, labels, held, _ = load_heldout(model_dir)
+    subset = held[:: max(1, len(held) // 8)][:8]
+    start = time.perf_counter()
+    reference = mean_dice(seg, image, labels, subset, *REFERENCE)
+    print(
+        f"model {seg.name}: {len(subset)} held-out slices; reference {REFERENCE[0]} steps x "
+        f"ensemble {REFERENCE[1]}: mean GM/WM Dice {reference:.4f}"
+    )
+    print("steps \\ ensemble " + " ".join(f"{e:>7d}" for e in ENSEMBLES))
+    table = {}
+    for steps in STEPS:
+        cells = []
+        for ensemble in ENSEMBLES:
+            table[(steps, ensemble)] = mean_dice(seg, image, labels, subset, steps, ensemble)
+            cells.append(f"{table[(steps, ensemble)]:7.4f}")
+        print(f"{steps:>16d} " + " ".join(cells), flush=True)
+    good = [k for k, v in table.items() if v >= reference - args.tolerance]
+    best = min(good, key=lambda k: (k[0] * k[1], k[0])) if good else REFERENCE
+    print(
+        f"cheapest within {args.tolerance} of the reference: {best[0]} steps x ensemble "
+        f"{best[1]} (Dice {table.get(best, reference):.4f}, {best[0] * best[1]} passes per "
+        f"slice vs 100 for 20 x 5); sweep took {time.perf_counter() - start:.0f} s"
+    )
+    if args.write:
+        path = Path(model_dir) / "config.json"
+        meta = json.loads(path.read_text())
+        meta["sampler"] = {"steps": best[0], "ensemble": best[1], "seed": 0}
+        meta["sampler_measured"] = {
+            "by": "benchmarks/defaults.py",
+            "reference": {"steps": REFERENCE[0], "ensemble": REFERENCE[1], "dice": reference},
+            "dice": table.get(best, reference),
+            "tolerance": args.tolerance,
+        }
+        tmp = path.with_name(".config.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        print(f"wrote the recommended sampler settings to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The training objective: per-sample noise draws and the diffusion loss.
+
+Noise and timesteps are drawn per sample from ``(seed, step, sample index)``
+(:func:`napari_medsegdiff.seeds.mix_seed`), so a sample's draw does not depend on the
+rank or batch it lands in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from napari_medsegdiff.config import ModelConfig
+from napari_medsegdiff.data import SliceSet
+from napari_medsegdiff.diffusion.schedule import NoiseSchedule
+from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.seeds import mix_seed
+
+
+def sample_noise(
+    indices: list[int], step: int, seed: int, shape: tuple[int, ...], num_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B,) and noise (B, *shape) on CPU, drawn per sample from (seed, step, index).
+
+    A sample's draw does not depend on which rank holds it nor on the batch it is in, so
+    data-parallel training over any number of ranks sees the same noise as one process.
+    """
+    ts, noises = [], []
+    for index in indices:
+        g = torch.Generator().manual_seed(mix_seed(seed, step, 0, index))
+        ts.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noises.append(torch.randn(shape, generator=g))
+    return torch.cat(ts), torch.stack(noises)
+
+
+def diffusion_loss(
+    net: torch.nn.Module,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    mask_channels: int,
+    aux_weight: float = 0.0,
+    class_balance: float = 0.0,
+) -> torch.Tensor:
+    """Mean training loss of a batch for explicit timesteps ``t`` and ``noise``.
+
+    MSE between the network output and the schedule's target (epsilon or v), plus
+    ``aux_weight`` x the V2 anchor loss (Dice + CE of the condition model) when > 0.
+    """
+    from napari_medsegdiff.model import anchor_loss
+
+    x0 = labels_to_mask(labels, mask_channels)
+    x_t = schedule.add_noise(x0, noise, t)
+    output = net(x_t, t, images)
+    error = (output.prediction.float() - schedule.target(x0, noise, t)) ** 2
+    if class_balance:
+        error = error * class_weights(labels, mask_channels, class_balance)[:, None]
+    loss = error.mean()
+    if aux_weight and output.anchor_logits is not None:
+        loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), labels)
+    return loss
+
+
+def class_weights(labels: torch.Tensor, mask_channels: int, power: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, H, W), (1 / class frequency in the batch) ** ``power``,
+    scaled to mean 1: a rare structure (a new class on a few slices) is not drowned by
+    background. labels (B, H, W)."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=max(2, mask_channels))
+    freq = counts.float() / counts.sum()
+    per_class = torch.where(counts > 0, freq.clamp_min(1e-4) ** -power, torch.zeros_like(freq))
+    weights = per_class[labels.long()]
+    return weights / weights.mean()
+
+
+def labels_to_mask(labels: torch.Tensor, mask_channels: int) -> torch.Tensor:
+    """Class map (B, H, W) -> diffusion target (B, K, H, W) in [-1, 1]."""
+    if mask_channels == 1:
+        return (labels > 0).float()[:, None] * 2 - 1
+    if int(labels.max()) >= mask_channels:
+        raise InputError(
+            f"labels contain value {int(labels.max())} but the model has {mask_channels} classes"
+        )
+    return F.one_hot(labels.long(), mask_channels).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def has_unused_parameters(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    cfg: ModelConfig,
+    data: SliceSet,
+    device: torch.device,
+) -> bool:
+    """Probe one sample: do some trainable parameters get no gradient (DDP must be told)?"""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images, labels = data.images[:1].to(device), data.labels[:1].to(device)
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        noise = torch.zeros((1, cfg.mask_channels, *labels.shape[-2:]), device=device)
+        diffusion_loss(
+            model, schedule, images, labels, t, noise, mask_channels=cfg.mask_channels
+        ).backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    return unused
