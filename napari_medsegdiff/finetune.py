@@ -211,6 +211,8 @@ def finetune(
             "val_dice": result.best_dice,
             "classes": {str(k): v for k, v in names.items()},
         }
+        if "sampler" in info.meta:  # the base's measured sampling defaults carry over
+            meta["sampler"] = info.meta["sampler"]
         if target is not None:
             path = save_model(target, state, cfg, meta=meta, provenance=provenance)
         else:
