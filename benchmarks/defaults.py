@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.write:
         path = Path(model_dir) / "config.json"
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
         meta["sampler"] = {"steps": best[0], "ensemble": best[1], "seed": 0}
         meta["sampler_measured"] = {
             "by": "benchmarks/defaults.py",

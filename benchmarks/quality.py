@@ -39,7 +39,7 @@ LINE_PATTERN = re.compile(
 
 
 def load_heldout(model_dir: Path) -> tuple[np.ndarray, np.ndarray, list[int], tuple]:
-    meta = json.loads((model_dir / "config.json").read_text())
+    meta = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     start, stop = meta.get("holdout_slices", [0, 0])
     t1, tissue = sample_paths()
     vol = read_volume(t1)

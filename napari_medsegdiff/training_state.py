@@ -113,7 +113,9 @@ def load_last(out: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     folder = out / "last"
     if not (folder / STATE_TENSORS).is_file() or not (folder / WEIGHTS).is_file():
         return None
-    return load_file(str(folder / STATE_TENSORS)), json.loads((folder / STATE_JSON).read_text())
+    return load_file(str(folder / STATE_TENSORS)), json.loads(
+        (folder / STATE_JSON).read_text(encoding="utf-8")
+    )
 
 
 def restore_state(

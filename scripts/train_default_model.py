@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": float(np.mean(result.losses[-50:])),
         "params": sum(p.numel() for p in build_model(cfg).parameters()),
     }
-    config = json.loads((result.best / CONFIG).read_text())
+    config = json.loads((result.best / CONFIG).read_text(encoding="utf-8"))
     config["training_summary"] = summary
     (result.best / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(json.dumps(summary), flush=True)

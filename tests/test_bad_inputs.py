@@ -183,7 +183,7 @@ def unwritable_dir(tmp: Path) -> Path:
 
 
 def edit_config(folder: Path, **model_fields: Any) -> Path:
-    meta = json.loads((folder / CONFIG).read_text())
+    meta = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     meta["model"].update(model_fields)
     (folder / CONFIG).write_text(json.dumps(meta))
     return folder

@@ -77,7 +77,7 @@ def test_damaged_folders_are_clear_errors(tiny_folder, damage, match):
 
 
 def test_wrong_shapes_name_the_tensor(tiny_folder):
-    meta = json.loads((tiny_folder / "config.json").read_text())
+    meta = json.loads((tiny_folder / "config.json").read_text(encoding="utf-8"))
     meta["model"]["base_channels"] = 16
     (tiny_folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"tensor|match"):

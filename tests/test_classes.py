@@ -149,7 +149,7 @@ def test_out_refuses_a_non_empty_folder(trained_tiny, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
         finetune(trained_tiny["path"], images, labels, slices=[0], out=tmp_path / "taken")
-    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "taken" / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_spread_picks_keeps_a_gap_and_relaxes_it_when_needed():
@@ -188,7 +188,7 @@ def test_provenance_names_added_classes(tmp_path, trained_tiny):
         device="cpu",
         store=tmp_path / "store",
     )
-    saved = json.loads((result.path / "provenance.json").read_text())
+    saved = json.loads((result.path / "provenance.json").read_text(encoding="utf-8"))
     assert saved["added_classes"] == [2] and saved["classes"]["2"] == "class 2"
     assert saved["class_parents"]["2"] in (0, 1)
 
@@ -215,7 +215,11 @@ def test_cli_finetune_out_is_a_model_folder_then_segment_and_suggest(
     out = capsys.readouterr().out
     assert "added 1 class(es) the base model did not have: 2 = class 2" in out
     assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
-    assert json.loads((model / "provenance.json").read_text())["slices"] == [0, 2, 4]
+    assert json.loads((model / "provenance.json").read_text(encoding="utf-8"))["slices"] == [
+        0,
+        2,
+        4,
+    ]
     assert main(argv) == 2  # the folder is now taken: refused, nothing overwritten
     assert "not empty" in capsys.readouterr().err
     mask = tmp_path / "mask.nii.gz"

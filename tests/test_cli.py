@@ -81,7 +81,7 @@ def test_train_segment_evaluate(tmp_path, capsys):
         )
         == 0
     )
-    assert json.loads((out / "last" / "config.json").read_text())["step"] == 8
+    assert json.loads((out / "last" / "config.json").read_text(encoding="utf-8"))["step"] == 8
 
     scan, truth = data / "images" / "case0.nii.gz", data / "labels" / "case0.nii.gz"
     pred, var = tmp_path / "pred.nii.gz", tmp_path / "var.nii.gz"
@@ -122,7 +122,7 @@ def test_train_segment_evaluate(tmp_path, capsys):
     assert (
         main(["evaluate", "--pred", str(truth), "--truth", str(truth), "--json", str(report)]) == 0
     )
-    assert json.loads(report.read_text())["mean"]["dice"] == pytest.approx(1.0)
+    assert json.loads(report.read_text(encoding="utf-8"))["mean"]["dice"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

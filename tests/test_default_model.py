@@ -36,12 +36,12 @@ def test_default_model_is_inside_the_package_and_listed_first():
     assert entries[0].is_default and entries[0].path == DEFAULT
     size_mb = (DEFAULT / "model.safetensors").stat().st_size / 1e6
     assert size_mb < 25
-    meta = json.loads((DEFAULT / "config.json").read_text())
+    meta = json.loads((DEFAULT / "config.json").read_text(encoding="utf-8"))
     assert meta["model"]["preset"] == "lite" and meta["model"]["mask_channels"] == 3
 
 
 def test_default_model_segments_heldout_slices():
-    meta = json.loads((DEFAULT / "config.json").read_text())
+    meta = json.loads((DEFAULT / "config.json").read_text(encoding="utf-8"))
     start, stop = meta["holdout_slices"]
     picks = [start + 3, (start + stop) // 2, stop - 4]
     t1, tissue = sample_paths()
@@ -61,7 +61,7 @@ def test_model_card_reports_the_benchmark_lines():
 
     fake = {"labels": {"1": {"dice": 0.9, "hd95_mm": 1.0}, "2": {"dice": 0.8, "hd95_mm": None}}}
     assert LINE_PATTERN.match(class_line("medsegdiff", fake))
-    card = (DEFAULT / "MODEL_CARD.md").read_text()
+    card = (DEFAULT / "MODEL_CARD.md").read_text(encoding="utf-8")
     found = [m for ln in card.splitlines() if (m := LINE_PATTERN.match(ln.strip()))]
     names = {m["name"] for m in found}
     assert {"medsegdiff", "multi-Otsu baseline"} <= names, card

@@ -343,7 +343,7 @@ def test_finetune_reads_a_dicom_series(tmp_path, capsys):
     args += ["--slices", "0:2", "--steps", "1", "--batch-size", "2", "--device", "cpu"]
     args += ["--model", str(model), "--out", str(tmp_path / "store")]
     assert main(args) == 0, capsys.readouterr().err
-    provenance = next((tmp_path / "store").rglob("provenance.json")).read_text()
+    provenance = next((tmp_path / "store").rglob("provenance.json")).read_text(encoding="utf-8")
     assert str(tmp_path / "dcm") in provenance
 
 

@@ -218,7 +218,10 @@ def test_two_ranks_train_like_one_process_and_resume_on_one(tmp_path):
 
     # Rank 0 wrote best/ and last/ and nothing else (no stray temp folders).
     assert sorted(p.name for p in ddp_out.iterdir()) == ["best", "last"]
-    assert json.loads((ddp_out / "last" / "training_state.json").read_text())["step"] == 4
+    assert (
+        json.loads((ddp_out / "last" / "training_state.json").read_text(encoding="utf-8"))["step"]
+        == 4
+    )
 
     # One process with the whole batch of 4: the same trajectory.
     ref_out = tmp_path / "ref"
@@ -280,9 +283,13 @@ def test_torchrun_cli_train_then_resume_on_one_process(tmp_path):
     ]
     stdout = _torchrun([*common, "--steps", "2"])
     assert stdout.count("trained 2 steps") == 1  # rank 0 reports, once
-    assert json.loads((out / "last" / "training_state.json").read_text())["step"] == 2
+    assert (
+        json.loads((out / "last" / "training_state.json").read_text(encoding="utf-8"))["step"] == 2
+    )
     assert main([*common, "--steps", "3", "--resume"]) == 0
-    assert json.loads((out / "last" / "training_state.json").read_text())["step"] == 3
+    assert (
+        json.loads((out / "last" / "training_state.json").read_text(encoding="utf-8"))["step"] == 3
+    )
 
 
 # ------------------------------------------------------------------- cohort segmentation

@@ -65,7 +65,7 @@ def test_finetune_learns_from_corrections_and_keeps_base(trained_tiny, tmp_path)
         "config.json",
         "provenance.json",
     }
-    saved = json.loads((result.path / "provenance.json").read_text())
+    saved = json.loads((result.path / "provenance.json").read_text(encoding="utf-8"))
     for key in (
         "base_model",
         "image_files",
@@ -106,7 +106,7 @@ def test_cancel_saves_a_partial_version(trained_tiny, tmp_path):
     )
     assert result.provenance["partial"] is True
     assert 3 <= result.provenance["steps_done"] < 100
-    meta = json.loads((result.path / "config.json").read_text())
+    meta = json.loads((result.path / "config.json").read_text(encoding="utf-8"))
     assert meta["partial"] is True
     assert ModelStore(tmp_path / "s").versions()[0].partial
 
@@ -160,7 +160,7 @@ def test_two_finetunes_at_once_write_two_versions(trained_tiny, tmp_path, monkey
     first, second = sorted(p.name for p in paths)
     assert first.endswith("-ft-20260101-000000") and second == f"{first}-2"
     for result in results:  # each folder holds the run that reported it
-        saved = json.loads((result.path / "provenance.json").read_text())
+        saved = json.loads((result.path / "provenance.json").read_text(encoding="utf-8"))
         assert saved["losses"] == result.provenance["losses"]
 
 

@@ -295,7 +295,7 @@ def test_model_folder_files_never_unpickled(tmp_path, models):
     folder = tmp_path / "evil-model"
     folder.mkdir()
     (folder / "config.json").write_text(
-        json.dumps(json.loads((models["a"] / "config.json").read_text()))
+        json.dumps(json.loads((models["a"] / "config.json").read_text(encoding="utf-8")))
     )
     with open(folder / "model.pt", "wb") as fh:
         pickle.dump(Evil(), fh)

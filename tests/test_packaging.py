@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _manifest() -> dict:
-    text = (resources.files("napari_medsegdiff") / "napari.yaml").read_text()
+    text = (resources.files("napari_medsegdiff") / "napari.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 
@@ -111,7 +111,7 @@ def test_dependencies_say_the_truth():
     is forced on users of the gui extra (napari's plugin convention), but `all` pulls one."""
     import tomllib
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     core = _requirement_names(project["dependencies"])
     extras = {k: _requirement_names(v) for k, v in project["optional-dependencies"].items()}
     package = ROOT / "napari_medsegdiff"
