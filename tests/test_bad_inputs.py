@@ -510,7 +510,8 @@ def run_cli_subprocess(argv: list[str], cwd: Path) -> tuple[int, str]:
         [sys.executable, "-m", "napari_medsegdiff", *argv],
         cwd=cwd,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=180,
         env=env,
     )

@@ -140,7 +140,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, argv, needle):
         [sys.executable, "-m", "napari_medsegdiff", *argv],
         cwd=tmp_path,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=120,
     )
     assert proc.returncode != 0

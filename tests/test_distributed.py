@@ -154,7 +154,9 @@ def _torchrun(args: list[str], nproc: int = 2, timeout: float = 240) -> str:
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env
+    )
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc.stdout
 

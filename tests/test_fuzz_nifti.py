@@ -234,7 +234,8 @@ def test_pathological_files_finish_in_bounded_time():
         proc = subprocess.run(
             [sys.executable, "-c", PATHOLOGICAL, folder],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=120,
         )
         seconds = time.perf_counter() - start

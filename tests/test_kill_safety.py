@@ -88,7 +88,8 @@ def _start(script: str, *args: str) -> subprocess.Popen:
         [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         env=env,
     )
 

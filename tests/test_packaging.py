@@ -43,7 +43,8 @@ def test_console_script_and_module_are_the_same_cli():
     out = subprocess.run(
         [sys.executable, "-m", "napari_medsegdiff", "--help"],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=60,
     )
     assert out.returncode == 0

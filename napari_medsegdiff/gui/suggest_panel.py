@@ -58,6 +58,10 @@ class SuggestPanel(QGroupBox):
         self.next_button.clicked.connect(lambda: self.step())
         self.list = QListWidget()
         self.list.setMaximumHeight(110)
+        self.list.setToolTip(
+            "Suggested slices, most informative first, with their disagreement relative to "
+            "the top one; click to jump there"
+        )
         self.list.itemClicked.connect(
             lambda item: self.on_jump(int(item.data(Qt.ItemDataRole.UserRole)))
         )
