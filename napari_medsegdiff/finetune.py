@@ -148,7 +148,7 @@ def finetune(
     head_lr_scale: float = FINETUNE_HEAD_LR_SCALE,
     new_model: bool = False,
     class_names: Mapping[int, str] | None = None,
-    holdout: float = 0.2,
+    holdout: float = 0.0,
     val_every: int | None = None,
     store: ModelStore | str | Path | None = None,
     out: str | Path | None = None,

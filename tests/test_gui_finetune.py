@@ -35,6 +35,7 @@ def test_finetune_makes_and_selects_new_version(make_napari_viewer, qtbot, tmp_p
         mask.data[z] = 0
         mask.data[z, 8:24, 10:22] = 1
     seg.mark_reviewed(4)
+    ft.holdout.setCurrentText("hold out 1 in 5 to measure Dice")
     ft.update_counts()
     assert ft.training_counts() == (4, 1)
     text = ft.count_label.text()

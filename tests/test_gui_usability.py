@@ -95,6 +95,7 @@ def test_finetune_says_what_trains_and_what_is_held_out(
     open_scan(viewer, scan_file(tmp_path))
     run_and_wait(qtbot, seg)
     mask = seg.mask_layer()
+    ft.holdout.setCurrentText("hold out 1 in 5 to measure Dice")
     for z in (0, 1, 2):
         mask.data[z] = 0
         mask.data[z, 8:24, 10:22] = 1
