@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scenarios import SCENARIOS, Scenario
 
-from napari_medsegdiff.checkpoints import resolve_model
+from napari_medsegdiff.checkpoints import read_model_info, recommended_sampler, resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.finetune import DEFAULT_LR, DEFAULT_STEPS, finetune
 from napari_medsegdiff.metrics import dice
@@ -142,14 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-lr-scale", type=float, default=None)
     parser.add_argument("--freeze-condition", action="store_true")
     parser.add_argument("--eval-slices", type=int, default=10)
-    parser.add_argument("--ensemble", type=int, default=5)
-    parser.add_argument("--sampling-steps", type=int, default=20)
+    parser.add_argument("--ensemble", type=int, default=0, help="default: the model's")
+    parser.add_argument("--sampling-steps", type=int, default=0, help="default: the model's")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = resolve_model(args.model)
-    sampler = SamplerConfig(steps=args.sampling_steps, ensemble=args.ensemble)
+    recommended = recommended_sampler(read_model_info(base).meta)  # the product's defaults
+    sampler = SamplerConfig(
+        steps=args.sampling_steps or recommended.get("steps", 20),
+        ensemble=args.ensemble or recommended.get("ensemble", 5),
+    )
+    print(f"scoring with DPM-Solver++ {sampler.steps} steps x ensemble {sampler.ensemble}")
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     if args.scenario == "all":
         names.append("suggest")
