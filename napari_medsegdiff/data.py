@@ -78,6 +78,19 @@ def fit_to_square(
     return out_img, out_lab
 
 
+def image_and_labels(
+    image: np.ndarray, labels: np.ndarray, name: str = "volume"
+) -> tuple[np.ndarray, np.ndarray]:
+    """image (z, y, x[, c]) as float32 (z, y, x, c) and labels (z, y, x) of the same shape."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[..., None]
+    lab = np.asarray(labels)
+    if img.shape[:3] != lab.shape:
+        raise InputError(f"{name}: labels shape {lab.shape} does not match image {img.shape[:3]}")
+    return img, lab
+
+
 def slices_from_volume(
     image: np.ndarray,
     labels: np.ndarray,
@@ -94,12 +107,7 @@ def slices_from_volume(
     Without explicit ``indices`` the set is foreground-aware: slices without labels are
     kept only up to ``empty_fraction`` of the foreground slice count.
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3:
-        img = img[..., None]
-    lab = np.asarray(labels)
-    if img.shape[:3] != lab.shape:
-        raise InputError(f"{name}: labels shape {lab.shape} does not match image {img.shape[:3]}")
+    img, lab = image_and_labels(image, labels, name)
     if lab.min() < 0:
         raise InputError(f"{name}: labels contain negative values")
     if not normalized:

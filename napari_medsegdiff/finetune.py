@@ -39,7 +39,13 @@ from napari_medsegdiff.config import (
     ModelConfig,
     TrainConfig,
 )
-from napari_medsegdiff.data import SliceSet, replay_slices, slices_from_volume, split_holdout
+from napari_medsegdiff.data import (
+    SliceSet,
+    image_and_labels,
+    replay_slices,
+    slices_from_volume,
+    split_holdout,
+)
 from napari_medsegdiff.devices import choose_device
 from napari_medsegdiff.errors import Cancelled, InputError
 from napari_medsegdiff.heads import (
@@ -348,12 +354,7 @@ def _check_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """image (z, y, x[, c]) float32 with the model's channels; labels (z, y, x) int64 >= 0."""
     cfg = info.config
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3:
-        img = img[..., None]
-    lab = np.asarray(labels)
-    if img.shape[:3] != lab.shape:
-        raise InputError(f"labels shape {lab.shape} does not match the image {img.shape[:3]}")
+    img, lab = image_and_labels(image, labels, "labels")
     if img.shape[-1] != cfg.in_channels:
         raise InputError(
             f"image has {img.shape[-1]} channel(s) but model {info.name!r} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,37 +101,20 @@ def suggest_slices(
     *,
     count: int = 5,
     exclude: Sequence[int] = (),
-    ensemble: int = 4,
-    steps: int = 5,
-    device: str = "auto",
-    seed: int = 0,
-    window: tuple[float, float] | None = None,
-    on_progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
+    **scoring: Any,
 ) -> Suggestion:
     """The ``count`` slices of image (z, y, x[, c]) most worth correcting (module docstring).
 
-    ``exclude``: slices already corrected. Scores at most ``MAX_CANDIDATES`` tissue
-    slices (at a stride on longer volumes)."""
+    ``exclude``: slices already corrected; ``scoring``: :func:`score_slices` options
+    (ensemble, steps, device, seed, window, on_progress, cancel). Scores at most
+    ``MAX_CANDIDATES`` tissue slices (at a stride on longer volumes)."""
     if not 1 <= count <= 100:
         raise InputError(f"count must be between 1 and 100, got {count}")
     candidates = [z for z in tissue_slices(image) if z not in set(exclude)]
     if not candidates:
         raise InputError("no slice holds tissue above the background level: nothing to suggest")
     stride = max(1, int(np.ceil(len(candidates) / MAX_CANDIDATES)))
-    scored = candidates[::stride]
-    scores = score_slices(
-        model,
-        image,
-        scored,
-        ensemble=ensemble,
-        steps=steps,
-        device=device,
-        seed=seed,
-        window=window,
-        on_progress=on_progress,
-        cancel=cancel,
-    )
+    scores = score_slices(model, image, candidates[::stride], **scoring)
     span = candidates[-1] - candidates[0] + 1
     min_gap = max(1, span // (2 * count))
     return Suggestion(spread_picks(scores, count, min_gap), scores)
