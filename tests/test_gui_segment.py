@@ -13,7 +13,7 @@ pytest.importorskip("napari")
 from _nifti_factory import AFFINES, make_nifti
 
 from napari_medsegdiff.gui import layers as L
-from napari_medsegdiff.gui.review import rank_slices_by_uncertainty
+from napari_medsegdiff.review import rank_slices_by_uncertainty
 from napari_medsegdiff.volume import VolumeGeometry
 
 WAIT_MS = 90_000

@@ -237,7 +237,7 @@ def test_progress_reads_as_one_run(make_napari_viewer, qtbot, tmp_path, tiny_mod
 
 # 8 ------------------------------------------------------------------------------------
 def test_uncertainty_reads_at_a_glance(make_napari_viewer, qtbot, tmp_path, tiny_model):
-    from napari_medsegdiff.gui.review import display_limits
+    from napari_medsegdiff.review import display_limits
 
     viewer, seg = make_dock(make_napari_viewer, tiny_model, ensemble=3)
     open_scan(viewer, scan_file(tmp_path, depth=4))
@@ -344,7 +344,7 @@ def test_model_recommended_sampler_is_taken(make_napari_viewer, tmp_path):
 
 
 def test_review_volume_is_one_pass_of_the_single_functions():
-    from napari_medsegdiff.gui.review import (
+    from napari_medsegdiff.review import (
         boundary_uncertain_fraction,
         display_limits,
         limits_from_values,

@@ -24,7 +24,7 @@ import numpy as np
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.finetune import corrected_slices
-from napari_medsegdiff.gui.review import boundary_values, limits_from_values
+from napari_medsegdiff.review import boundary_values, limits_from_values
 
 PROPOSAL = "medsegdiff_proposal"
 SEGMENTED = "medsegdiff_segmented"

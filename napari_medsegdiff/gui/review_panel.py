@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_medsegdiff.gui.review import UNCERTAIN_VARIANCE
+from napari_medsegdiff.review import UNCERTAIN_VARIANCE
 
 
 class ReviewPanel(QGroupBox):

@@ -18,7 +18,6 @@ from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.export import ask_export_target
-from napari_medsegdiff.gui.review import display_limits, limits_from_values, review_volume
 from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
 from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
 from napari_medsegdiff.gui.workers import (
@@ -31,6 +30,7 @@ from napari_medsegdiff.gui.workers import (
 )
 from napari_medsegdiff.nifti import write_image, write_labels
 from napari_medsegdiff.progress import CancelToken
+from napari_medsegdiff.review import display_limits, limits_from_values, review_volume
 from napari_medsegdiff.volume import VolumeGeometry
 
 log = logging.getLogger(__name__)
