@@ -122,10 +122,8 @@ def settings(args: argparse.Namespace) -> dict:
     return {
         "steps": args.steps or None,
         "lr": args.lr or None,
-        "class_balance": args.class_balance,
         "freeze_condition": args.freeze_condition or None,
         "holdout": args.holdout,
-        "head_lr_scale": args.head_lr_scale,
     }
 
 
@@ -137,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corrected", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help=f"default {DEFAULT_STEPS}")
     parser.add_argument("--lr", type=float, default=0.0, help=f"default {DEFAULT_LR}")
-    parser.add_argument("--class-balance", type=float, default=None)
     parser.add_argument("--holdout", type=float, default=None)
-    parser.add_argument("--head-lr-scale", type=float, default=None)
     parser.add_argument("--freeze-condition", action="store_true")
     parser.add_argument("--eval-slices", type=int, default=10)
     parser.add_argument("--ensemble", type=int, default=0, help="default: the model's")

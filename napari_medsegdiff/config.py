@@ -30,8 +30,6 @@ T = TypeVar("T")
 # Fine-tuning defaults, chosen by benchmarks/finetune.py (BENCHMARKS.md, "Fine-tuning").
 FINETUNE_STEPS = 400
 FINETUNE_LR = 5e-4
-FINETUNE_CLASS_BALANCE = 0.0
-FINETUNE_HEAD_LR_SCALE = 1.0  # a grown / new mask head learns this many times faster
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
@@ -263,9 +261,6 @@ class TrainConfig:
     amp: bool = True  # used on CUDA only
     seed: int = 0
     freeze_condition: bool = False
-    class_balance: float = 0.0  # loss weight (1 / class frequency) ** this; 0 = plain MSE
-    head_params: tuple[str, ...] = ()  # parameter names that learn head_lr_scale x faster
-    head_lr_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -32,8 +32,6 @@ from napari_medsegdiff.checkpoints import (
     save_model,
 )
 from napari_medsegdiff.config import (
-    FINETUNE_CLASS_BALANCE,
-    FINETUNE_HEAD_LR_SCALE,
     FINETUNE_LR,
     FINETUNE_STEPS,
     ModelConfig,
@@ -52,7 +50,6 @@ from napari_medsegdiff.heads import (
     MAX_CLASSES,
     ClassPlan,
     grow_classes,
-    head_parameter_names,
     infer_parents,
     new_task_head,
     plan_classes,
@@ -150,8 +147,6 @@ def finetune(
     augment: bool = True,
     replay: bool = False,
     freeze_condition: bool = False,
-    class_balance: float = FINETUNE_CLASS_BALANCE,
-    head_lr_scale: float = FINETUNE_HEAD_LR_SCALE,
     new_model: bool = False,
     class_names: Mapping[int, str] | None = None,
     holdout: float = 0.0,
@@ -188,8 +183,7 @@ def finetune(
         before = validate(base_net.to(dev), cfg, prep.val_set, steps=20, ensemble=1, seed=seed)
     settings = {
         "steps": steps, "lr": lr, "batch_size": batch_size, "replay": replay,
-        "freeze_condition": freeze_condition, "class_balance": class_balance,
-        "head_lr_scale": head_lr_scale if plan.mode != "keep" else 1.0,
+        "freeze_condition": freeze_condition,
     }  # fmt: skip
     tcfg = _train_config(settings, cfg, plan, val_every, seed, augment)
     aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
@@ -282,7 +276,7 @@ def _train_config(
     seed: int,
     augment: bool,
 ) -> TrainConfig:
-    """The fine-tune loop: EMA 0.99, about 5 validations, a new head learns faster."""
+    """The fine-tune loop: EMA 0.99, about 5 validations."""
     steps = settings["steps"]
     return TrainConfig(
         steps=steps,
@@ -294,9 +288,6 @@ def _train_config(
         seed=seed,
         augment=augment,
         freeze_condition=settings["freeze_condition"],
-        class_balance=settings["class_balance"],
-        head_params=head_parameter_names(cfg) if plan.mode != "keep" else (),
-        head_lr_scale=settings["head_lr_scale"],
     )
 
 
@@ -336,8 +327,6 @@ def _provenance(
         "batch_size": settings["batch_size"],
         "replay": settings["replay"],
         "freeze_condition": settings["freeze_condition"],
-        "class_balance": settings["class_balance"],
-        "head_lr_scale": settings["head_lr_scale"],
         "losses": [round(v, 6) for v in result.losses],
         "held_out_dice": result.val_dice,
         "held_out_dice_before": before,

@@ -49,11 +49,6 @@ def _k_axes(cfg: ModelConfig) -> dict[str, int]:
     return out
 
 
-def head_parameter_names(cfg: ModelConfig) -> tuple[str, ...]:
-    """Names of the parameters that read or write the mask classes (the mask head)."""
-    return tuple(sorted(_k_axes(cfg)))
-
-
 def _is_input(tensor: Tensor, axis: int) -> bool:
     """The stem convolution reads the mask: K is its input axis."""
     return axis == 1 and tensor.ndim == 4

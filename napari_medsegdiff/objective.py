@@ -43,7 +43,6 @@ def diffusion_loss(
     *,
     mask_channels: int,
     aux_weight: float = 0.0,
-    class_balance: float = 0.0,
 ) -> torch.Tensor:
     """Mean training loss of a batch for explicit timesteps ``t`` and ``noise``.
 
@@ -55,24 +54,10 @@ def diffusion_loss(
     x0 = labels_to_mask(labels, mask_channels)
     x_t = schedule.add_noise(x0, noise, t)
     output = net(x_t, t, images)
-    error = (output.prediction.float() - schedule.target(x0, noise, t)) ** 2
-    if class_balance:
-        error = error * class_weights(labels, mask_channels, class_balance)[:, None]
-    loss = error.mean()
+    loss = F.mse_loss(output.prediction.float(), schedule.target(x0, noise, t))
     if aux_weight and output.anchor_logits is not None:
         loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), labels)
     return loss
-
-
-def class_weights(labels: torch.Tensor, mask_channels: int, power: float) -> torch.Tensor:
-    """Per-pixel loss weights (B, H, W), (1 / class frequency in the batch) ** ``power``,
-    scaled to mean 1: a rare structure (a new class on a few slices) is not drowned by
-    background. labels (B, H, W)."""
-    counts = torch.bincount(labels.reshape(-1).long(), minlength=max(2, mask_channels))
-    freq = counts.float() / counts.sum()
-    per_class = torch.where(counts > 0, freq.clamp_min(1e-4) ** -power, torch.zeros_like(freq))
-    weights = per_class[labels.long()]
-    return weights / weights.mean()
 
 
 def labels_to_mask(labels: torch.Tensor, mask_channels: int) -> torch.Tensor:

@@ -55,20 +55,6 @@ class TrainResult:
     cancelled: bool = False
 
 
-def _param_groups(model: torch.nn.Module, tcfg: TrainConfig) -> list[dict[str, Any]]:
-    """Trainable parameters; those named in ``tcfg.head_params`` learn ``head_lr_scale``
-    times faster (a grown or new mask head starting from a copy)."""
-    head = set(tcfg.head_params)
-    plain, fast = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (fast if name in head else plain).append(p)
-    groups = [{"params": plain}]
-    if fast:
-        groups.append({"params": fast, "lr": tcfg.lr * tcfg.head_lr_scale})
-    return groups
-
-
 @dataclass
 class _Run:
     """One rank's training run: the network, its optimiser and the loop's counters."""
@@ -132,7 +118,8 @@ def _setup(
     if tcfg.freeze_condition:
         for p in model.condition_parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(_param_groups(model, tcfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(model, tcfg.ema_decay)
     best_dir = out / "best" if (out / "best").is_dir() else None
     return _Run(
@@ -149,7 +136,7 @@ def _setup(
         world=world_size(),
         distributed=is_distributed(),
         best_dir=best_dir,
-        params=[p for p in model.parameters() if p.requires_grad],
+        params=params,
     )
 
 
@@ -261,7 +248,6 @@ def _accumulate(run: _Run, images, labels, t, noise) -> float:
                     noise[part],
                     mask_channels=cfg.mask_channels,
                     aux_weight=aux_weight,
-                    class_balance=tcfg.class_balance,
                 )
             run.scaler.scale(loss * frac).backward()
         loss_value += float(loss.detach()) * frac
