@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_medsegdiff.checkpoints import resolve_model
+from napari_medsegdiff.checkpoints import recommended_sampler, resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.evaluate import evaluate_paths
 from napari_medsegdiff.nifti import read_volume
@@ -144,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--quick", action="store_true", help="main table only")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=0, help="default: the model's")
+    parser.add_argument("--ensemble", type=int, default=0, help="default: the model's")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = resolve_model(args.model)
     seg = Segmenter.load(model_dir, "cpu")
+    defaults = SamplerConfig(**recommended_sampler(seg.info.meta))
+    steps, ensemble = args.steps or defaults.steps, args.ensemble or defaults.ensemble
     image, labels, held, spacing = load_heldout(model_dir)
     if not held:
         raise SystemExit(f"{model_dir}: config.json records no holdout_slices")
@@ -156,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     truth = labels[held]
     print(
         f"model {seg.name} ({seg.config.preset} {seg.config.version}), held-out slices "
-        f"{held[0]}:{held[-1] + 1} ({len(held)}), DPM-Solver++ 20 steps, ensemble 5"
+        f"{held[0]}:{held[-1] + 1} ({len(held)}), DPM-Solver++ {steps} steps, "
+        f"ensemble {ensemble}, context {seg.config.context}"
     )
     start = time.perf_counter()
-    pred, var = segment(seg, image, held, 20, 5)
+    pred, var = segment(seg, image, held, steps, ensemble)
     seconds = time.perf_counter() - start
     rows = {
         "medsegdiff": evaluate_arrays(pred, truth, spacing, work, "model"),
@@ -168,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     aug_img, aug_lab = augmented_variant(image[held], truth, seed=20260)
-    aug_pred, _ = segment(seg, aug_img, list(range(len(held))), 20, 5)
+    aug_pred, _ = segment(seg, aug_img, list(range(len(held))), steps, ensemble)
     rows["medsegdiff, unseen variant"] = evaluate_arrays(aug_pred, aug_lab, spacing, work, "aug")
     rows["multi-Otsu, unseen variant"] = evaluate_arrays(
         otsu_baseline(aug_img), aug_lab, spacing, work, "aug_otsu"
     )
     for name, report in rows.items():
         print(class_line(name, report))
-    print(f"time: {seconds / len(held):.2f} s per slice (ensemble 5 x 20 steps)")
+    print(f"time: {seconds / len(held):.2f} s per slice (ensemble {ensemble} x {steps} steps)")
     wrong = pred != truth
     in_head = truth > 0
     in_head |= pred > 0

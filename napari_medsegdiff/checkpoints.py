@@ -8,11 +8,7 @@ in the same parent, renamed into place), so a crash never leaves a half-written 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -31,11 +27,13 @@ import torch
 from napari_medsegdiff import __version__
 from napari_medsegdiff.config import ModelConfig
 from napari_medsegdiff.errors import InputError, ModelError
-
-
-class FolderExistsError(InputError):
-    """The model folder is already there (or was taken by another writer meanwhile)."""
-
+from napari_medsegdiff.folder_io import (
+    FolderExistsError,
+    claim_and_fill,
+    fsync_files,
+    swap_into_place,
+    write_json_synced,
+)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -226,7 +224,7 @@ def save_model(
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FolderExistsError(
-            f"{folder}: already exists; pass --overwrite or choose another --out"
+            f"{folder}: already exists; allow overwriting or choose another folder"
         )
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder")
@@ -246,16 +244,16 @@ def save_model(
             **dict(meta or {}),
             "model": config.to_dict(),
         }
-        _write_json(tmp / CONFIG, info)
+        write_json_synced(tmp / CONFIG, info)
         if provenance is not None:
-            _write_json(tmp / PROVENANCE, dict(provenance))
+            write_json_synced(tmp / PROVENANCE, dict(provenance))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        _fsync_dir(tmp)
+        fsync_files(tmp)
         if overwrite and folder.exists():
-            _swap_into_place(tmp, folder)
+            swap_into_place(tmp, folder)
         else:
-            _claim_and_fill(tmp, folder)
+            claim_and_fill(tmp, folder)
     except FolderExistsError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -266,89 +264,6 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _claim_and_fill(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` to ``folder`` only if nobody else has that name.
-
-    ``os.mkdir`` is the exclusive claim: of two writers racing for one name exactly one
-    creates the (empty) folder; the winner then renames its finished folder onto its own
-    empty claim (POSIX rename replaces an empty directory atomically). A folder this call
-    did not create is never replaced.
-    """
-    try:
-        os.mkdir(folder)
-    except FileExistsError:
-        raise FolderExistsError(f"{folder}: already exists; choose another --out") from None
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)  # give the name back
-        raise
-
-
-def _swap_into_place(tmp: Path, folder: Path) -> None:
-    """Replace ``folder`` by ``tmp`` so that a kill at any moment leaves one complete folder.
-
-    Linux: one ``renameat2(RENAME_EXCHANGE)`` swaps the two folders atomically, then the
-    old contents (now in ``tmp``) are deleted. Elsewhere: two renames, with the old
-    folder restored if the second fails.
-    """
-    if _exchange(tmp, folder):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False  # filesystem or kernel without RENAME_EXCHANGE
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir():
-        with open(child, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 class ModelStore:
@@ -478,15 +393,17 @@ def resolve_model(name_or_path: str | Path | None, store: ModelStore | None = No
         path = default_model_path()
         if not (path / CONFIG).is_file():
             raise ModelError(
-                "the default model is not installed; train one (medsegdiff train) or pass --model"
+                "the default model is not installed; train one (medsegdiff train) or choose a model"
             )
         return path
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return training_run_model(path)[0]
     if path.is_file():
-        raise InputError(f"--model: {path} is a file; pass the model folder that holds it")
+        raise InputError(f"{path} is a file; pass the model folder that holds it", argument="model")
     candidate = (store or ModelStore()).root / str(name_or_path)
     if candidate.is_dir():
         return candidate
-    raise InputError(f"--model: {name_or_path!r} is neither a model folder nor a stored version")
+    raise InputError(
+        f"{name_or_path!r} is neither a model folder nor a stored version", argument="model"
+    )

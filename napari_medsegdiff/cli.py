@@ -120,6 +120,25 @@ def _add_segment(sub) -> None:
     )
 
 
+#: Engine argument names whose CLI flag is not ``--`` + the name.
+FLAGS = {"output": "-o"}
+#: Engine remedies, said in the CLI's words.
+REMEDIES = {"allow overwriting": "pass --overwrite"}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a user error, naming the flag of the engine argument at fault."""
+    text = str(exc)
+    for words, flag_words in REMEDIES.items():
+        text = text.replace(words, flag_words)
+    argument = getattr(exc, "argument", None)
+    if argument:
+        flag = FLAGS.get(argument, "--" + argument.replace("_", "-"))
+        if not text.startswith(flag):
+            text = f"{flag}: {text}"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="medsegdiff", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"napari-medsegdiff {__version__}")
@@ -137,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=_positive_int, default=8)
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--image-size", type=_positive_int, default=None)
+    tr.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="2.5-D: neighbouring slices on each side the model sees (0 = 2-D; at most 4)",
+    )
     tr.add_argument(
         "--prediction",
         default="v_prediction",
@@ -259,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medsegdiff: interrupted", file=sys.stderr)
         return 130
     except MedSegDiffError as exc:
-        print(f"medsegdiff {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medsegdiff {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"medsegdiff {args.command}: error: out of memory", file=sys.stderr)

@@ -172,8 +172,9 @@ def run_segment(args: argparse.Namespace) -> int:
         series=args.series,
     )
     _echo(
-        f"wrote {', '.join(info['outputs'])} ({info['slices']} slices, "
-        f"{info['seconds']:.1f} s, model {info['model']})"
+        f"wrote {', '.join(info['outputs'])} ({info['slices']} slices"
+        + (f", {info['skipped']} without tissue skipped" if info["skipped"] else "")
+        + f", {info['seconds']:.1f} s, model {info['model']})"
     )
     return 0
 
@@ -185,13 +186,17 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_medsegdiff.distributed import distributed_session
     from napari_medsegdiff.training import train
 
-    overrides = {"version": args.model_version, "prediction": args.prediction}
+    overrides = {
+        "version": args.model_version,
+        "prediction": args.prediction,
+        "context": args.context,
+    }
     if args.image_size:
         overrides["image_size"] = args.image_size
     with distributed_session(args.device) as device:
         probe = preset(args.preset, **overrides)
-        data = load_layout(args.data, args.layout, probe.image_size, args.classes)
-        channels = int(data.images.shape[1])
+        data = load_layout(args.data, args.layout, probe.image_size, args.classes, probe.context)
+        channels = int(data.images.shape[1]) // (2 * probe.context + 1)
         classes = max(args.classes, int(data.labels.max()) + 1)
         cfg = preset(
             args.preset,

@@ -51,6 +51,8 @@ def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
         raise InputError(f"{what}: {exc}") from None
 
 
+MAX_CONTEXT = 4  # neighbouring slices on each side a 2.5-D model may see
+
 _LIMITS = {  # upper bounds far above every preset ("plus": 512 channels, 256 px)
     "in_channels": 64,
     "mask_channels": 256,
@@ -72,6 +74,8 @@ class ModelConfig:
     """Architecture and training schedule of a MedSegDiff model.
 
     ``in_channels`` C is the number of image channels (1 CT/MRI, 3 RGB, 4 BraTS);
+    ``context`` k is how many neighbouring slices on each side the condition branch sees
+    (2.5-D: the image input has ``C * (2k + 1)`` channels, :attr:`input_channels`);
     ``mask_channels`` K is 1 for a binary mask or the number of classes (including
     background) for a one-hot multi-class mask. Inputs H, W must be divisible by
     ``2 ** (len(channel_mult) - 1)``.
@@ -80,6 +84,7 @@ class ModelConfig:
     version: Version = "v2"
     preset: str = "lite"
     in_channels: int = 1
+    context: int = 0
     mask_channels: int = 1
     image_size: int = 128
     base_channels: int = 32
@@ -119,6 +124,8 @@ class ModelConfig:
                 f"attention_levels must be level indices 0..{len(self.channel_mult) - 1}, "
                 f"got {self.attention_levels!r}"
             )
+        if not _is_int(self.context) or not 0 <= self.context <= MAX_CONTEXT:
+            raise ValueError(f"context must be 0..{MAX_CONTEXT} slices, got {self.context!r}")
         if not _is_int(self.ss_former_layers) or not 0 <= self.ss_former_layers <= 32:
             raise ValueError(f"ss_former_layers must be 0..32, got {self.ss_former_layers!r}")
         if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
@@ -135,6 +142,11 @@ class ModelConfig:
             raise ValueError(
                 f"prediction must be 'epsilon' or 'v_prediction', got {self.prediction!r}"
             )
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the condition input: C image channels for each of 2k + 1 slices."""
+        return self.in_channels * (2 * self.context + 1)
 
     @property
     def size_divisor(self) -> int:
@@ -201,7 +213,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """Return the named preset (``tiny``, ``lite``, ``base``, ``plus``) with overrides."""
     if name not in _PRESETS:
-        raise InputError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(
+            f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}",
+            argument="preset",
+        )
     values = dict(_PRESETS[name], preset=name)
     values.update(overrides)
     try:
@@ -221,20 +236,27 @@ class SamplerConfig:
     seed: int = 0
     chunk_size: int | None = None  # members x slices per forward; None = measured per device
     threshold: float = 0.5
+    skip_empty: bool = True  # slices without tissue: background, zero variance, not sampled
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError(
-                f"--sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+                f"sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}",
+                argument="sampler",
             )
         if self.fusion not in FUSIONS:
             raise InputError(
-                f"--fusion: unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}"
+                f"fusion: unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}",
+                argument="fusion",
             )
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise InputError(f"--steps must be between 1 and 1000, got {self.steps!r}")
+            raise InputError(
+                f"steps must be between 1 and 1000, got {self.steps!r}", argument="steps"
+            )
         if not isinstance(self.ensemble, int) or not 1 <= self.ensemble <= 32:
-            raise InputError(f"--ensemble must be between 1 and 32, got {self.ensemble!r}")
+            raise InputError(
+                f"ensemble must be between 1 and 32, got {self.ensemble!r}", argument="ensemble"
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise InputError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -268,10 +290,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(
-                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
+                    f"{name.replace('_', ' ')} must be a positive integer, got {value!r}",
+                    argument=name,
                 )
         if not self.lr > 0:
-            raise InputError(f"--lr must be positive, got {self.lr!r}")
+            raise InputError(f"learning rate must be positive, got {self.lr!r}", argument="lr")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

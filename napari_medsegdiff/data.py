@@ -17,7 +17,7 @@ import torch
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.paths import NIFTI_SUFFIXES, list_nifti_files, strip_suffix
-from napari_medsegdiff.preprocessing import normalize_intensity, resize_slices
+from napari_medsegdiff.preprocessing import normalize_intensity, resize_slices, with_context
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -101,11 +101,13 @@ def slices_from_volume(
     empty_fraction: float = 0.2,
     name: str = "volume",
     seed: int = 0,
+    context: int = 0,
 ) -> SliceSet:
     """Axial slices (axis 0) of image (z, y, x[, c]) and labels (z, y, x) as a SliceSet.
 
     Without explicit ``indices`` the set is foreground-aware: slices without labels are
-    kept only up to ``empty_fraction`` of the foreground slice count.
+    kept only up to ``empty_fraction`` of the foreground slice count. ``context`` k > 0
+    stacks each slice's k neighbours on each side as channels (C * (2k + 1), 2.5-D).
     """
     img, lab = image_and_labels(image, labels, name)
     if lab.min() < 0:
@@ -121,11 +123,11 @@ def slices_from_volume(
     indices = list(indices)
     if not indices:
         return SliceSet(
-            torch.zeros(0, img.shape[-1], size, size),
+            torch.zeros(0, img.shape[-1] * (2 * context + 1), size, size),
             torch.zeros(0, size, size, dtype=torch.long),
             [],
         )
-    chosen = np.moveaxis(img[indices], -1, 1)
+    chosen = with_context(np.moveaxis(img, -1, 1), indices, context)
     images_t, labels_t = fit_to_square(chosen, lab[indices].astype(np.int64), size)
     return SliceSet(images_t, labels_t, [f"{name}[{i}]" for i in indices])
 
@@ -141,30 +143,41 @@ def _find_partner(
     return None
 
 
-def load_nifti_folder(root: Path, size: int) -> SliceSet:
+def load_nifti_folder(root: Path, size: int, context: int = 0) -> SliceSet:
     """``root/images/*.nii.gz`` with ``root/labels/<same name>``."""
     from napari_medsegdiff.nifti import read_volume
 
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir() or not lab_dir.is_dir():
-        raise InputError(f"--data {root}: expected images/ and labels/ folders (layout nifti)")
+        raise InputError(
+            f"{root}: expected images/ and labels/ folders (layout nifti)", argument="data"
+        )
     sets = []
     files = list_nifti_files(img_dir)
     if not files:
-        raise InputError(f"--data {root}: no .nii/.nii.gz files in images/")
+        raise InputError(f"{root}: no .nii/.nii.gz files in images/", argument="data")
     for path in files:
         partner = _find_partner(lab_dir, name_stem(path), NIFTI_SUFFIXES)
         if partner is None:
             raise InputError(f"{path}: no label file with the same name in {lab_dir}")
         vol, lab = read_volume(path), read_volume(partner)
         sets.append(
-            slices_from_volume(vol.data, np.rint(lab.data).astype(np.int64), size, name=path.name)
+            slices_from_volume(
+                vol.data,
+                np.rint(lab.data).astype(np.int64),
+                size,
+                name=path.name,
+                context=context,
+            )
         )
     return SliceSet.concat(sets)
 
 
-def load_isic_folder(root: Path, size: int) -> SliceSet:
-    """ISIC-style 2-D images with binary masks (``images/`` + ``masks/``, or ISIC names)."""
+def load_isic_folder(root: Path, size: int, context: int = 0) -> SliceSet:
+    """ISIC-style 2-D images with binary masks (``images/`` + ``masks/``, or ISIC names).
+
+    A 2-D image is its own neighbourhood: a 2.5-D model (``context`` k) sees it 2k + 1 times.
+    """
     from skimage import io
 
     img_dir = next((d for d in (root / "images", root / "training", root) if d.is_dir()), root)
@@ -203,20 +216,24 @@ def load_isic_folder(root: Path, size: int) -> SliceSet:
         mask = mask[..., 0] if mask.ndim == 3 else mask
         norm = normalize_intensity(img[None])[0]
         im_t, lab_t = fit_to_square(
-            np.moveaxis(norm, -1, 0)[None], (mask > 0).astype(np.int64)[None], size
+            with_context(np.moveaxis(norm, -1, 0)[None], [0], context),
+            (mask > 0).astype(np.int64)[None],
+            size,
         )
         images.append(im_t)
         labels.append(lab_t)
         names.append(path.name)
     if not images:
-        raise InputError(f"--data {root}: no image/mask pairs found (layout isic)")
+        raise InputError(f"{root}: no image/mask pairs found (layout isic)", argument="data")
     channels = {t.shape[1] for t in images}
     if len(channels) > 1:
-        raise InputError(f"--data {root}: images mix channel counts {sorted(channels)}")
+        raise InputError(f"{root}: images mix channel counts {sorted(channels)}", argument="data")
     return SliceSet(torch.cat(images), torch.cat(labels), names)
 
 
-def load_brats_folder(root: Path, size: int, multiclass: bool = False) -> SliceSet:
+def load_brats_folder(
+    root: Path, size: int, multiclass: bool = False, context: int = 0
+) -> SliceSet:
     """BraTS cases: ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; 4 channels."""
     from napari_medsegdiff.nifti import read_volume
 
@@ -239,24 +256,28 @@ def load_brats_folder(root: Path, size: int, multiclass: bool = False) -> SliceS
             seg = np.select([seg == 1, seg == 2, seg == 4, seg == 3], [1, 2, 3, 3], 0)
         else:
             seg = (seg > 0).astype(np.int64)
-        sets.append(slices_from_volume(vol.data, seg, size, name=case.name))
+        sets.append(slices_from_volume(vol.data, seg, size, name=case.name, context=context))
     if not sets:
-        raise InputError(f"--data {root}: no case folders found (layout brats)")
+        raise InputError(f"{root}: no case folders found (layout brats)", argument="data")
     return SliceSet.concat(sets)
 
 
-def load_layout(root: str | Path, layout: str, size: int, classes: int = 2) -> SliceSet:
-    """Dispatch on ``--layout nifti|isic|brats``."""
+def load_layout(
+    root: str | Path, layout: str, size: int, classes: int = 2, context: int = 0
+) -> SliceSet:
+    """Dispatch on ``--layout nifti|isic|brats``; ``context``: 2.5-D neighbours per side."""
     path = Path(root)
     if not path.is_dir():
-        raise InputError(f"--data {path}: folder not found")
+        raise InputError(f"{path}: folder not found", argument="data")
     if layout == "nifti":
-        return load_nifti_folder(path, size)
+        return load_nifti_folder(path, size, context)
     if layout == "isic":
-        return load_isic_folder(path, size)
+        return load_isic_folder(path, size, context)
     if layout == "brats":
-        return load_brats_folder(path, size, multiclass=classes > 2)
-    raise InputError(f"--layout: unknown layout {layout!r}; choose nifti, isic or brats")
+        return load_brats_folder(path, size, multiclass=classes > 2, context=context)
+    raise InputError(
+        f"layout: unknown layout {layout!r}; choose nifti, isic or brats", argument="layout"
+    )
 
 
 def split_holdout(
@@ -275,7 +296,7 @@ def split_holdout(
 
 
 def replay_slices(
-    size: int, channels: int, classes: int, count: int = 16, seed: int = 0
+    size: int, channels: int, classes: int, count: int = 16, seed: int = 0, context: int = 0
 ) -> SliceSet:
     """Slices of the shipped sample scan (the default model's training data) for replay."""
     from napari_medsegdiff.nifti import read_volume
@@ -283,7 +304,8 @@ def replay_slices(
 
     if channels != 1:
         raise InputError(
-            f"--replay: the sample data has 1 channel but the model expects {channels}"
+            f"replay: the sample data has 1 channel but the model expects {channels}",
+            argument="replay",
         )
     t1, tissue = sample_paths()
     image, labels = read_volume(t1), np.rint(read_volume(tissue).data).astype(np.int64)
@@ -292,4 +314,4 @@ def replay_slices(
     fg = [i for i in range(labels.shape[0]) if labels[i].any()]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.permutation(fg)[:count].tolist())
-    return slices_from_volume(image.data, labels, size, pick, name="sample")
+    return slices_from_volume(image.data, labels, size, pick, name="sample", context=context)

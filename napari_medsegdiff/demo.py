@@ -46,7 +46,7 @@ def run_headless_demo(
 
     t1, tissue = sample_paths()
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder", argument="out")
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     mask_path, var_path = out / "icbm152_t1_mask.nii.gz", out / "icbm152_t1_variance.nii.gz"

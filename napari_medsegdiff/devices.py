@@ -33,9 +33,14 @@ def choose_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(available_devices()[0])
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
-        raise InputError(f"--device: unknown device {name!r}; choose auto, cuda, mps or cpu")
+        raise InputError(
+            f"device: unknown device {name!r}; choose auto, cuda, mps or cpu", argument="device"
+        )
     if kind != "cpu" and kind not in available_devices():
-        raise InputError(f"--device: {kind} is not available on this machine; use auto or cpu")
+        raise InputError(
+            f"device: {kind} is not available on this machine; use auto or cpu",
+            argument="device",
+        )
     return torch.device(name)
 
 

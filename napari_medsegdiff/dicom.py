@@ -206,7 +206,8 @@ def _choose(path: pathlib.Path, series: list[SeriesInfo], uid: str | None) -> Se
     if len(images) > 1:
         listing = "; ".join(s.describe() for s in images)
         raise InputError(
-            f"{path}: {len(images)} image series; choose one with --series UID: {listing}"
+            f"{path}: {len(images)} image series; choose one by its series UID: {listing}",
+            argument="series",
         )
     return images[0]
 

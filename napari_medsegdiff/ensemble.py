@@ -179,7 +179,9 @@ def fuse(probs: np.ndarray, method: str = "mean", threshold: float = 0.5) -> Fus
     ``staple``) and the fused mask is ``mean > threshold`` / ``W > threshold``.
     """
     if method not in FUSIONS:
-        raise InputError(f"--fusion: unknown fusion {method!r}; choose mean, vote, staple")
+        raise InputError(
+            f"fusion: unknown fusion {method!r}; choose mean, vote, staple", argument="fusion"
+        )
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"threshold: must be in [0, 1], got {threshold}")
     probs = _check_members(probs, "probs").astype(np.float32, copy=False)

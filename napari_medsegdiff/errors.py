@@ -13,7 +13,15 @@ class MedSegDiffError(Exception):
 
 
 class InputError(MedSegDiffError, ValueError):
-    """A file or argument given by the user cannot be used (names it and says why)."""
+    """A file or argument given by the user cannot be used (names it and says why).
+
+    ``argument``: the engine parameter at fault (``"steps"``, ``"data"``); a front end maps
+    it to its own control (the CLI to ``--steps``), so engine messages name no CLI flag.
+    """
+
+    def __init__(self, message: str, *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class ModelError(MedSegDiffError):

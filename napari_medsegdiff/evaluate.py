@@ -225,4 +225,4 @@ def write_json(path: str, data: dict) -> None:
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})", argument="json") from None

@@ -124,11 +124,13 @@ def training_slices(
     if not chosen:
         raise InputError(
             "no corrected or reviewed slices to learn from: correct some slices "
-            "(or mark them reviewed) first, or pass --slices"
+            "(or mark them reviewed) first, or name the corrected slices"
         )
     bad = [s for s in chosen if not 0 <= s < labels.shape[0]]
     if bad:
-        raise InputError(f"--slices: {bad[:5]} outside the volume's 0..{labels.shape[0] - 1}")
+        raise InputError(
+            f"slices {bad[:5]} outside the volume's 0..{labels.shape[0] - 1}", argument="slices"
+        )
     return chosen
 
 
@@ -175,7 +177,9 @@ def finetune(
     plan, cfg = prep.plan, prep.cfg
     names = _class_names(info, plan, class_names)
     if replay and plan.mode == "keep":
-        extra = replay_slices(cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed)
+        extra = replay_slices(
+            cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed, context=cfg.context
+        )
         prep.train_set = SliceSet.concat([prep.train_set, extra])
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     before = None
@@ -195,31 +199,43 @@ def finetune(
             cfg, tcfg, prep.train_set, work, val=prep.val_set, device=dev,
             init_state=prep.init_state, augment=aug, on_progress=on_progress, cancel=cancel,
         )  # fmt: skip
-        source = result.best or result.last
-        if source is None or result.steps_done == 0:
-            raise Cancelled("fine-tuning cancelled before the first step; no version saved")
-        from safetensors.torch import load_file
-
-        state = load_file(str(source / WEIGHTS))
         provenance = _provenance(
             info, base_path, image_files, chosen, prep, reviewed, names, settings, result,
             before, dev,
         )  # fmt: skip
-        meta = {
-            "base": info.name,
-            "partial": result.cancelled,
-            "val_dice": result.best_dice,
-            "classes": {str(k): v for k, v in names.items()},
-        }
-        if "sampler" in info.meta:  # the base's measured sampling defaults carry over
-            meta["sampler"] = info.meta["sampler"]
-        if target is not None:
-            path = save_model(target, state, cfg, meta=meta, provenance=provenance)
-        else:
-            path = store.save_version(info.name, state, cfg, meta=meta, provenance=provenance)
+        path = _save_result(result, info, cfg, names, provenance, target, store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return FinetuneResult(path, provenance)
+
+
+def _save_result(
+    result: Any,
+    info: ModelInfo,
+    cfg: ModelConfig,
+    names: Mapping[int, str],
+    provenance: dict[str, Any],
+    target: Path | None,
+    store: ModelStore,
+) -> Path:
+    """The run's best (else last) weights as the ``target`` folder or a new store version."""
+    source = result.best or result.last
+    if source is None or result.steps_done == 0:
+        raise Cancelled("fine-tuning cancelled before the first step; no version saved")
+    from safetensors.torch import load_file
+
+    state = load_file(str(source / WEIGHTS))
+    meta = {
+        "base": info.name,
+        "partial": result.cancelled,
+        "val_dice": result.best_dice,
+        "classes": {str(k): v for k, v in names.items()},
+    }
+    if "sampler" in info.meta:  # the base's measured sampling defaults carry over
+        meta["sampler"] = info.meta["sampler"]
+    if target is not None:
+        return save_model(target, state, cfg, meta=meta, provenance=provenance)
+    return store.save_version(info.name, state, cfg, meta=meta, provenance=provenance)
 
 
 @dataclass
@@ -250,7 +266,9 @@ def _prepare(
     cfg = info.config
     plan = plan_classes(cfg.num_classes, lab, new_model)
     norm = normalize_intensity(img)
-    data = slices_from_volume(norm, lab, cfg.image_size, chosen, normalized=True, name="scan")
+    data = slices_from_volume(
+        norm, lab, cfg.image_size, chosen, normalized=True, name="scan", context=cfg.context
+    )
     init_state = base_net.state_dict()
     if plan.mode == "grow":
         kept = None
@@ -374,10 +392,12 @@ def _fresh_folder(out: str | Path) -> Path:
     """``--out`` names the new model folder itself: refuse a non-empty one."""
     folder = Path(out).expanduser()
     if folder.is_file():
-        raise InputError(f"--out {folder}: is a file; give a new folder name")
+        raise InputError(f"{folder}: is a file; give a new folder name", argument="out")
     if folder.is_dir():
         if any(folder.iterdir()):
-            raise InputError(f"--out {folder}: exists and is not empty; choose a new folder")
+            raise InputError(
+                f"{folder}: exists and is not empty; choose a new folder", argument="out"
+            )
         folder.rmdir()  # an empty folder the user made for it: ours to fill
     return folder
 
@@ -417,7 +437,10 @@ def finetune_files(
     if proposal_path:
         proposal = np.rint(read_volume(proposal_path).data).astype(np.int64)
     if slices is None and proposal is None:
-        raise InputError("say which slices were corrected: pass --slices or --proposal")
+        raise InputError(
+            "say which slices were corrected, or give the proposal they were corrected from",
+            argument="slices",
+        )
     return finetune(
         model,
         volume.data,

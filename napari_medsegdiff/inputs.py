@@ -42,5 +42,7 @@ def read_scan(
             "files as channels; give the series alone"
         )
     if series is not None:
-        raise InputError(f"--series {series}: only for a DICOM input, not {items[0]}")
+        raise InputError(
+            f"series {series}: only for a DICOM input, not {items[0]}", argument="series"
+        )
     return read_volume(items if len(items) > 1 else items[0])

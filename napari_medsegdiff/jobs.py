@@ -14,26 +14,32 @@ from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.progress import tqdm_bar
 
 
-def check_new(path: str | None, overwrite: bool, arg: str) -> Path | None:
+def check_new(path: str | None, overwrite: bool, argument: str) -> Path | None:
     """``path`` as an output NIfTI that can be written (or None): refuses folders, existing
     files without ``overwrite``, missing or unwritable folders and other extensions."""
     if path is None:
         return None
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"{arg} {target}: is a folder; give a file name ending in .nii.gz")
+        raise InputError(
+            f"{target}: is a folder; give a file name ending in .nii.gz", argument=argument
+        )
     if target.exists() and not overwrite:
-        raise InputError(f"{arg} {target}: already exists; pass --overwrite to replace it")
+        raise InputError(
+            f"{target}: already exists; allow overwriting to replace it", argument=argument
+        )
     if not target.parent.is_dir():
-        raise InputError(f"{arg} {target}: folder {target.parent} does not exist")
+        raise InputError(f"{target}: folder {target.parent} does not exist", argument=argument)
     try:  # a real probe (root ignores permission bits): fail before a long run, not after
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe-"):
             pass
     except OSError as exc:
         why = exc.strerror or exc
-        raise InputError(f"{arg} {target}: cannot write in {target.parent} ({why})") from None
+        raise InputError(
+            f"{target}: cannot write in {target.parent} ({why})", argument=argument
+        ) from None
     if not target.name.endswith((".nii", ".nii.gz")):
-        raise InputError(f"{arg} {target}: must end with .nii or .nii.gz")
+        raise InputError(f"{target}: must end with .nii or .nii.gz", argument=argument)
     return target
 
 
@@ -59,9 +65,9 @@ def segment_files(
     from napari_medsegdiff.nifti import write_image, write_labels
     from napari_medsegdiff.segmenter import Segmenter, assemble, parse_slices
 
-    out = check_new(output, overwrite, "-o")
-    var_path = check_new(variance, overwrite, "--variance")
-    prob_path = check_new(probability, overwrite, "--probability")
+    out = check_new(output, overwrite, "output")
+    var_path = check_new(variance, overwrite, "variance")
+    prob_path = check_new(probability, overwrite, "probability")
     volume = read_scan(images, series=series)
     seg = segmenter or Segmenter.load(model, device)
     indices = parse_slices(slices, volume.data.shape[0])
@@ -76,8 +82,18 @@ def segment_files(
             bar.n = p.done
             bar.refresh()
 
-    results = seg.segment_volume(
-        volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
+    skipped: list[int] = []  # slices without tissue: background, not sampled
+
+    def counted(results):
+        for r in results:
+            if r.skipped:
+                skipped.append(r.index)
+            yield r
+
+    results = counted(
+        seg.segment_volume(
+            volume.data, slices=indices, sampler=sampler, window=window, on_progress=on_progress
+        )
     )
     try:
         mask, var, prob = assemble(
@@ -100,6 +116,7 @@ def segment_files(
     return {
         "outputs": [str(p) for p in written],
         "slices": len(indices),
+        "skipped": len(skipped),
         "seconds": time.perf_counter() - start,
         "model": seg.name,
     }

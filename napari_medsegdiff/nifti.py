@@ -310,7 +310,7 @@ def _atomic_write(img: nib.Nifti1Image, path: pathlib.Path, overwrite: bool) -> 
     try:
         img.to_filename(tmp)
         if not overwrite and path.exists():
-            raise InputError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+            raise InputError(f"{path}: exists; allow overwriting to replace it")
         os.replace(tmp, path)
     except InputError:
         raise
@@ -335,7 +335,7 @@ def _check_out_path(path: PathLike, overwrite: bool) -> pathlib.Path:
     if not parent.exists():
         raise InputError(f"{path}: cannot write, folder {parent} does not exist")
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        raise InputError(f"{path}: exists; allow overwriting to replace it")
     return path
 
 

@@ -3,6 +3,8 @@
 * :func:`normalize_intensity` maps a volume ``(z, y, x)`` or ``(z, y, x, c)`` to float32 in
   [-1, 1]: robust percentiles (``method="percentile"``) or a CT window (``method="ct"``).
 * :func:`model_size_for` picks the model's input size for an in-plane size ``(h, w)``.
+* :func:`with_context` stacks each slice with its neighbours as channels (2.5-D models).
+* :func:`foreground_slices` finds the slices that hold tissue (the rest can be skipped).
 * :func:`resize_slices` / :func:`resize_probabilities` resize ``[N, C, H, W]`` stacks
   bilinearly (numpy arrays or torch tensors; the type comes back unchanged).
 """
@@ -185,3 +187,59 @@ def resize_probabilities(p: ArrayT, size: Sequence[int]) -> ArrayT:
         total = out.sum(dim=1, keepdim=True)
         out = torch.where(total > 0, out / total.clamp_min(1e-12), 1.0 / out.shape[1])
     return out
+
+
+def context_indices(index: int, depth: int, context: int) -> list[int]:
+    """Slice indices ``index - k .. index + k`` (k = ``context``), mirrored at the ends of a
+    volume of ``depth`` slices (``-1 -> 1``, ``depth -> depth - 2``); a one-slice volume
+    repeats its slice."""
+    out = []
+    for offset in range(-context, context + 1):
+        i = index + offset
+        if depth == 1:
+            i = 0
+        else:
+            period = 2 * (depth - 1)
+            i = i % period
+            i = period - i if i >= depth else i
+        out.append(i)
+    return out
+
+
+def with_context(images: ArrayT, indices: Sequence[int], context: int) -> ArrayT:
+    """Model input for 2.5-D models: images (z, C, H, W) -> (n, C * (2k + 1), H, W).
+
+    Row ``j`` holds slices ``indices[j] - k .. indices[j] + k`` (mirrored at the volume's
+    ends), each with its C channels, in that order; ``context = 0`` is ``images[indices]``.
+    """
+    if images.ndim != 4:
+        raise InputError(f"images: expected (z, C, H, W), got shape {tuple(images.shape)}")
+    depth = int(images.shape[0])
+    rows = [i for index in indices for i in context_indices(int(index), depth, context)]
+    picked = images[list(rows)]
+    n, c, h, w = len(indices), int(images.shape[1]), int(images.shape[2]), int(images.shape[3])
+    return picked.reshape(n, c * (2 * context + 1), h, w)
+
+
+def foreground_slices(
+    image: np.ndarray, min_fraction: float = 0.02, *, normalized: bool = False
+) -> list[int]:
+    """Slices (axis 0) where at least ``min_fraction`` of pixels are above the background
+    level: 10 % of the way from the volume's 1st to its 99th intensity percentile, or from
+    -1 to 1 for ``normalized`` input (output of :func:`normalize_intensity`).
+
+    image (z, y, x[, c]); channels are averaged.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 4:
+        arr = arr.mean(-1)
+    if normalized:
+        lo, hi = -1.0, 1.0
+    else:
+        finite = arr[np.isfinite(arr)]
+        if not finite.size:
+            return []
+        lo, hi = np.percentile(finite[:: max(1, finite.size // 1_000_000)], [1, 99])
+    fg = np.nan_to_num(arr, nan=lo) > lo + 0.1 * (hi - lo)
+    fraction = fg.reshape(fg.shape[0], -1).mean(1)
+    return [int(z) for z in np.flatnonzero(fraction >= min_fraction)]

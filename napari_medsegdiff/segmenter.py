@@ -5,7 +5,10 @@ Design for speed (see BENCHMARKS.md):
   and every ensemble member;
 * members x slices run as rows of one batch, in chunks whose size is measured per device;
 * row (slice s, member m) draws its noise from its own generator seeded from (seed, m), so
-  results do not depend on the chunking nor on which other slices are in the run.
+  results do not depend on the chunking nor on which other slices are in the run;
+* slices without tissue (``SamplerConfig.skip_empty``) are not sampled: they come back as
+  background with zero variance and ``SliceResult.skipped`` set;
+* a 2.5-D model (``context`` k > 0) gets each slice with its k neighbours on each side.
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, ma
 from napari_medsegdiff.ensemble import fuse, member_probabilities
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.preprocessing import (
+    foreground_slices,
     model_size_for,
     normalize_intensity,
     resize_probabilities,
     resize_slices,
+    with_context,
 )
 from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback, check
 from napari_medsegdiff.seeds import member_seed
+
+#: Chunk sizes (rows per denoise) tried on a CPU, and how often each is timed.
+CPU_CHUNKS = (1, 2, 4, 6)
+CPU_ROUNDS = 3
+#: A slice is sampled when at least this fraction of its pixels is above background.
+TISSUE_FRACTION = 0.001
 
 
 @dataclass
@@ -44,6 +55,7 @@ class SliceResult:
     variance: np.ndarray  # (H, W) float32
     entropy: np.ndarray | None = None  # (H, W) float32
     members: np.ndarray | None = None  # (M, K, H, W) float32 member probabilities
+    skipped: bool = False  # no tissue: not sampled, background with zero variance
 
     @property
     def foreground(self) -> np.ndarray:
@@ -54,7 +66,7 @@ class SliceResult:
 
 
 def parse_slices(
-    spec: str | Sequence[int] | slice | None, depth: int, arg: str = "--slices"
+    spec: str | Sequence[int] | slice | None, depth: int, argument: str = "slices"
 ) -> list[int]:
     """``None`` -> all; ``'a:b'`` half-open; ``'a,b,c'``; a slice or list of ints."""
     if spec is None:
@@ -70,7 +82,8 @@ def parse_slices(
                 stop = int(stop_s) if stop_s.strip() else depth
                 if start < 0 or stop > depth or start >= stop:
                     raise InputError(
-                        f"{arg}: range {text!r} is empty or outside 0:{depth} (half-open)"
+                        f"slices: range {text!r} is empty or outside 0:{depth} (half-open)",
+                        argument=argument,
                     )
                 return list(range(start, stop))
             indices = [int(part) for part in text.split(",") if part.strip()]
@@ -78,15 +91,18 @@ def parse_slices(
             raise
         except ValueError:
             raise InputError(
-                f"{arg}: expected START:STOP or a,b,c with integers, got {text!r}"
+                f"slices: expected START:STOP or a,b,c with integers, got {text!r}",
+                argument=argument,
             ) from None
     else:
         indices = [int(i) for i in spec]
     bad = [i for i in indices if not 0 <= i < depth]
     if bad:
-        raise InputError(f"{arg}: slice(s) {bad[:5]} outside the volume's 0..{depth - 1}")
+        raise InputError(
+            f"slice(s) {bad[:5]} outside the volume's 0..{depth - 1}", argument=argument
+        )
     if not indices:
-        raise InputError(f"{arg}: no slices selected")
+        raise InputError("no slices selected", argument=argument)
     return sorted(set(indices))
 
 
@@ -203,16 +219,31 @@ class Segmenter:
         height, width = images.shape[-2:]
         mh, mw = self.model_size(height, width)
         members = cfg.ensemble
-        rows = [(s, m) for s in indices for m in range(members)]
+        empty = self.empty_slices(images, indices) if cfg.skip_empty else set()
+        rows = [(s, m) for s in indices if s not in empty for m in range(members)]
         chunk = cfg.chunk_size or self.auto_chunk_size(mh, mw)
         clock = EtaClock(len(indices))
-        done_slices = 0
+        order = list(indices)
+        emitted = 0  # results yielded, in the order of ``indices``
+        finished: dict[int, SliceResult] = {}
         pending: dict[int, list[torch.Tensor | None]] = {}
         cond_cache: tuple[tuple[int, ...], object] | None = None
         pos = 0
         if on_progress:
             on_progress(Progress(0, len(indices), "starting", None))
-        while pos < len(rows):
+        while emitted < len(order):
+            while emitted < len(order) and (order[emitted] in empty or order[emitted] in finished):
+                s = order[emitted]
+                result = finished.pop(s, None) or self._empty_result(s, (height, width), members)
+                emitted += 1
+                if on_progress:
+                    note = " (no tissue: skipped)" if result.skipped else ""
+                    on_progress(
+                        Progress(emitted, len(order), f"slice {s}{note}", clock.eta(emitted))
+                    )
+                yield result
+            if pos >= len(rows):
+                break
             part = rows[pos : pos + chunk]
             try:
                 x0, cond_cache = self._sample_rows(
@@ -223,7 +254,7 @@ class Segmenter:
                     cond_cache,
                     cancel,
                     on_progress,
-                    done_slices,
+                    emitted,
                     len(indices),
                 )
             except RuntimeError as exc:
@@ -239,13 +270,36 @@ class Segmenter:
                 pending.setdefault(s, [None] * members)[m] = row
             for s in [s for s in list(pending) if all(r is not None for r in pending[s])]:
                 stack = torch.stack(pending.pop(s)).float().cpu()  # type: ignore[arg-type]
-                result = self._fuse(s, stack, (height, width), cfg)
-                done_slices += 1
-                if on_progress:
-                    on_progress(
-                        Progress(done_slices, len(indices), f"slice {s}", clock.eta(done_slices))
-                    )
-                yield result
+                finished[s] = self._fuse(s, stack, (height, width), cfg)
+
+    def empty_slices(self, images: np.ndarray, indices: Sequence[int]) -> set[int]:
+        """Indices whose prepared slice (C, H, W) holds less than ``TISSUE_FRACTION`` tissue."""
+        return {
+            int(i)
+            for i in indices
+            if not foreground_slices(
+                np.moveaxis(np.asarray(images[int(i) : int(i) + 1]), 1, -1),
+                TISSUE_FRACTION,
+                normalized=True,
+            )
+        }
+
+    def _empty_result(self, index: int, size: tuple[int, int], members: int) -> SliceResult:
+        """Background, certain: what a slice without tissue gets without sampling."""
+        k = self.config.mask_channels
+        probability = np.zeros((k, *size), np.float32)
+        if k > 1:
+            probability[0] = 1.0
+        zeros = np.zeros(size, np.float32)
+        return SliceResult(
+            index,
+            np.zeros(size, np.uint8),
+            probability,
+            zeros,
+            zeros.copy(),
+            np.repeat(probability[None], members, axis=0),
+            skipped=True,
+        )
 
     def _sample_rows(self, part, images, size, cfg, cond_cache, cancel, on_progress, done, total):
         check(cancel)
@@ -253,7 +307,7 @@ class Segmenter:
         if cond_cache is not None and set(unique) <= set(cond_cache[0]):
             slice_ids, cond = cond_cache
         else:
-            batch = resize_slices(images[list(unique)], size)
+            batch = resize_slices(with_context(images, unique, self.config.context), size)
             with torch.inference_mode(), autocast(self.device):
                 cond = self.model.encode_condition(torch.as_tensor(batch).to(self.device))
             slice_ids = unique
@@ -312,22 +366,38 @@ class Segmenter:
         return chunk
 
     def _measure_cpu_chunk(self, height: int, width: int) -> int:
-        """Time one denoise at batch 1, 2, 4, 8 and keep the fastest per row."""
+        """Rows per denoise with the best time per row, from ``CPU_CHUNKS``.
+
+        Each size is timed ``CPU_ROUNDS`` times, interleaved, and its fastest time counts:
+        another process's burst only ever adds time, so the minimum is the machine's and not
+        the moment's. A larger chunk must win by 10 % (smaller chunks report progress and
+        stop on cancel sooner).
+        """
         k = self.config.mask_channels
-        image = torch.zeros(1, self.config.in_channels, height, width)
-        best, best_rate = 1, float("inf")
+        image = torch.zeros(1, self.config.input_channels, height, width)
+        best_time = {batch: float("inf") for batch in CPU_CHUNKS}
         with torch.inference_mode():
             cond = self.model.encode_condition(image)
-            for batch in (1, 2, 4, 8):
-                x = torch.zeros(batch, k, height, width)
-                t = torch.full((batch,), 500, dtype=torch.long)
-                c = cond.index(torch.zeros(batch, dtype=torch.long))
+            rows = {
+                b: (
+                    torch.zeros(b, k, height, width),
+                    torch.full((b,), 500, dtype=torch.long),
+                    cond.index(torch.zeros(b, dtype=torch.long)),
+                )
+                for b in CPU_CHUNKS
+            }
+            for x, t, c in rows.values():
                 self.model.denoise(x, t, c)  # warm-up
-                start = time.perf_counter()
-                self.model.denoise(x, t, c)
-                per_row = (time.perf_counter() - start) / batch
-                if per_row < best_rate * 0.9:
-                    best, best_rate = batch, per_row
+            for _ in range(CPU_ROUNDS):
+                for batch, (x, t, c) in rows.items():
+                    start = time.perf_counter()
+                    self.model.denoise(x, t, c)
+                    best_time[batch] = min(best_time[batch], time.perf_counter() - start)
+        best, best_rate = 1, float("inf")
+        for batch in CPU_CHUNKS:
+            per_row = best_time[batch] / batch
+            if per_row < best_rate * 0.9:
+                best, best_rate = batch, per_row
         return best
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.preprocessing import foreground_slices
 from napari_medsegdiff.progress import CancelToken, ProgressCallback
 
 MAX_CANDIDATES = 64  # slices scored; a longer volume is scored at a stride
@@ -32,21 +33,6 @@ class Suggestion:
     def describe(self) -> str:
         parts = [f"{z} ({self.scores.get(z, 0.0):.3g})" for z in self.slices]
         return "correct these slices, most informative first: " + ", ".join(parts)
-
-
-def tissue_slices(image: np.ndarray, min_fraction: float = 0.02) -> list[int]:
-    """Slices (axis 0) where at least ``min_fraction`` of pixels are above the volume's
-    background level. image (z, y, x[, c])."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 4:
-        arr = arr.mean(-1)
-    finite = arr[np.isfinite(arr)]
-    if not finite.size:
-        return []
-    lo, hi = np.percentile(finite[:: max(1, finite.size // 1_000_000)], [1, 99])
-    fg = np.nan_to_num(arr, nan=lo) > lo + 0.1 * (hi - lo)
-    fraction = fg.reshape(fg.shape[0], -1).mean(1)
-    return [int(z) for z in np.flatnonzero(fraction >= min_fraction)]
 
 
 def spread_picks(scores: dict[int, float], count: int, min_gap: int) -> list[int]:
@@ -110,7 +96,7 @@ def suggest_slices(
     ``MAX_CANDIDATES`` tissue slices (at a stride on longer volumes)."""
     if not 1 <= count <= 100:
         raise InputError(f"count must be between 1 and 100, got {count}")
-    candidates = [z for z in tissue_slices(image) if z not in set(exclude)]
+    candidates = [z for z in foreground_slices(image) if z not in set(exclude)]
     if not candidates:
         raise InputError("no slice holds tissue above the background level: nothing to suggest")
     stride = max(1, int(np.ceil(len(candidates) / MAX_CANDIDATES)))

@@ -153,8 +153,9 @@ def _resume(run: _Run) -> None:
         run.say(f"resumed from {run.out / 'last'} at step {run.step}")
     if run.distributed and len(set(all_gather_object(run.step))) > 1:
         raise InputError(
-            f"--resume: the ranks found different states in {run.out / 'last'}; "
-            "--out must be on a filesystem shared by all nodes"
+            f"resume: the ranks found different states in {run.out / 'last'}; "
+            "the output folder must be on a filesystem shared by all nodes",
+            argument="resume",
         )
 
 
@@ -264,7 +265,7 @@ def _micro_step(run: _Run, batch: tuple) -> float | None:
         if run.distributed:  # ranks cannot agree on a retry: stop with advice
             raise InputError(
                 f"out of memory on rank {run.rank} with {run.per_rank} samples per "
-                "process; lower --batch-size (or the preset / image size)"
+                "process; lower the batch size (or the preset / image size)"
             ) from None
         with released_memory(run.device):
             run.micro = max(1, run.micro // 2)
@@ -287,7 +288,9 @@ def _apply(run: _Run, loss_value: float, cancel: CancelToken | None) -> tuple[fl
         loss_sum, flags = all_reduce([loss_value, float(cancel is not None and cancel.cancelled)])
         loss_value, stop = loss_sum / run.world, flags > 0
     if not math.isfinite(loss_value):
-        raise InputError(f"training diverged at step {run.step} (loss {loss_value}); lower --lr")
+        raise InputError(
+            f"training diverged at step {run.step} (loss {loss_value}); lower the learning rate"
+        )
     run.history["loss"].append(loss_value)
     return loss_value, stop
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from napari_medsegdiff.augment import AugmentConfig
-from napari_medsegdiff.checkpoints import CONFIG, WEIGHTS, default_model_path
+from napari_medsegdiff.checkpoints import CONFIG, WEIGHTS, default_model_path, load_model
 from napari_medsegdiff.config import TrainConfig, preset
 from napari_medsegdiff.data import slices_from_volume
 from napari_medsegdiff.model import build_model
@@ -32,6 +32,7 @@ from napari_medsegdiff.nifti import read_volume
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.training import train
+from napari_medsegdiff.warm_start import add_context
 
 #: The held-out block, as fractions of the brain's axial extent (contiguous, 20% of it).
 HOLDOUT_FRACTIONS = (0.55, 0.75)
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="v2")
     parser.add_argument("--prediction", default="v_prediction", help="epsilon | v_prediction")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", type=int, default=0, help="2.5-D neighbours per side")
+    parser.add_argument("--init", default=None, help="start from this model folder's weights")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/last")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--val-steps", type=int, default=2, help="sampler steps in validation")
     parser.add_argument("--install", action="store_true", help="copy into the package")
     args = parser.parse_args(argv)
     if args.threads:
@@ -88,21 +93,41 @@ def main(argv: list[str] | None = None) -> int:
     held = holdout_slices(labels)
     train_idx = [i for i in range(labels.shape[0]) if i not in set(held) and labels[i].any()]
     data = slices_from_volume(
-        image, labels, args.image_size, train_idx, normalized=True, name="icbm152"
+        image,
+        labels,
+        args.image_size,
+        train_idx,
+        normalized=True,
+        name="icbm152",
+        context=args.context,
     )
     # Validation (model selection) on a fixed augmented draw of training slices: the held-out
     # block stays untouched for the final evaluation.
     val_idx = train_idx[:: max(1, len(train_idx) // 6)][:6]
     val = slices_from_volume(
-        image, labels, args.image_size, val_idx, normalized=True, name="icbm152-val"
+        image,
+        labels,
+        args.image_size,
+        val_idx,
+        normalized=True,
+        name="icbm152-val",
+        context=args.context,
     )
-    cfg = preset(
-        "lite",
-        version=args.version,
-        mask_channels=3,
-        image_size=args.image_size,
-        prediction=args.prediction,
-    )
+    init_state = None
+    if args.init:
+        net, info = load_model(args.init, "cpu")
+        init_state, cfg = net.state_dict(), info.config
+        if args.context != cfg.context:
+            init_state, cfg = add_context(init_state, cfg, args.context)
+    else:
+        cfg = preset(
+            "lite",
+            version=args.version,
+            mask_channels=3,
+            image_size=args.image_size,
+            prediction=args.prediction,
+            context=args.context,
+        )
     tcfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -112,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         save_every=max(1, args.steps // 6),
         seed=args.seed,
         val_ensemble=1,
+        val_steps=args.val_steps,
     )
     meta = {
         "name": "default",
@@ -123,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"training on {len(train_idx)} slices, holding out {held[0]}:{held[-1] + 1}; "
-        f"{sum(1 for _ in range(1))} model lite {args.version} at {args.image_size} px",
+        f"model {cfg.preset} {cfg.version} at {cfg.image_size} px, context {cfg.context}"
+        + (f", from {args.init}" if args.init else ""),
         flush=True,
     )
     last_print = [0.0]
@@ -142,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         val=val,
         device="cpu",
+        resume=args.resume,
+        init_state=init_state,
         meta=meta,
         augment=TRAIN_AUGMENT,
         on_progress=on_progress,

@@ -138,8 +138,9 @@ def test_store_lists_complete_versions_newest_first(tmp_path):
 
 
 def test_resolve_model_errors(tmp_path):
-    with pytest.raises(InputError, match="--model"):
+    with pytest.raises(InputError, match="neither a model folder") as info:
         resolve_model(str(tmp_path / "nope"))
+    assert info.value.argument == "model"
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(InputError, match="is a file"):
         resolve_model(str(tmp_path / "file.bin"))

@@ -116,7 +116,8 @@ def test_train_segment_evaluate(tmp_path, capsys):
 
     # Refuses to clobber without --overwrite, with one line and exit 2.
     assert main(["segment", str(scan), "-o", str(pred), "--model", str(out / "best")]) == 2
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists" in err and "-o: " in err and "pass --overwrite" in err
 
     report = tmp_path / "report.json"
     assert (
@@ -130,8 +131,9 @@ def test_train_segment_evaluate(tmp_path, capsys):
     [
         (["segment", "missing.nii.gz", "-o", "x.nii.gz"], "missing.nii.gz"),
         (["segment", "a.nii.gz", "-o", "x.nii.gz", "--ensemble", "0"], "--ensemble"),
-        (["segment", "a.nii.gz", "-o", "x.nii.gz", "--sampler", "euler"], ""),
-        (["train", "--data", "nowhere", "--out", "m"], "nowhere"),
+        (["segment", "a.nii.gz", "-o", "x.nii.gz", "--sampler", "euler"], "euler"),
+        (["train", "--data", "nowhere", "--out", "m"], "--data: nowhere"),
+        (["train", "--data", ".", "--out", "m", "--context", "9"], "context must be 0..4"),
         (["evaluate", "--pred", "p.nii.gz", "--truth", "t.nii.gz"], "p.nii.gz"),
     ],
 )

@@ -70,7 +70,7 @@ def test_nifti_layout_needs_partners(tmp_path):
     )
     with pytest.raises(InputError, match=r"a\.nii\.gz"):
         load_layout(tmp_path, "nifti", 8)
-    with pytest.raises(InputError, match="--layout"):
+    with pytest.raises(InputError, match="layout: unknown layout"):
         load_layout(tmp_path, "coco", 8)
 
 

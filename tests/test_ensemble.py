@@ -178,7 +178,7 @@ def test_fuse_shapes_and_single_member(method):
 
 def test_fuse_validation():
     probs = np.zeros((2, 1, 4, 4), np.float32)
-    with pytest.raises(InputError, match="--fusion: unknown fusion 'x'; choose mean, vote, staple"):
+    with pytest.raises(InputError, match="fusion: unknown fusion 'x'; choose mean, vote, staple"):
         fuse(probs, "x")
     with pytest.raises(InputError, match="at least one ensemble member"):
         fuse(np.zeros((0, 1, 4, 4)))

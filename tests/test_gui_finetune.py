@@ -56,7 +56,7 @@ def test_finetune_makes_and_selects_new_version(make_napari_viewer, qtbot, tmp_p
     before = mask.data.copy()
     assert ft.resegment()
     qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
-    assert sorted(seg._job["slices"]) == [5]  # not corrected (0-3) nor reviewed (4)
+    assert sorted(seg._job.slices) == [5]  # not corrected (0-3) nor reviewed (4)
     np.testing.assert_array_equal(mask.data[:5], before[:5])
     assert mask.metadata[L.MODEL] == str(ft.result.path)
 

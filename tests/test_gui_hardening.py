@@ -136,7 +136,7 @@ def test_corrections_survive_rerun_cancel_errors_and_model_switch(
     # 1. re-run: corrected and reviewed slices are not even scheduled
     dock.seed.setValue(5)
     run_and_wait(qtbot, dock)
-    assert sorted(dock._job["slices"]) == [0, 2, 5]
+    assert sorted(dock._job.slices) == [0, 2, 5]
     corrections_intact("after a re-run")
 
     # 2. cancel mid-run

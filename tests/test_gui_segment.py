@@ -148,7 +148,7 @@ def test_corrections_kept_or_overwritten(make_napari_viewer, qtbot, tmp_path, ti
     assert "1 slices corrected, 1 reviewed" in dock.count_label.text()
     dock.seed.setValue(7)
     run_and_wait(qtbot, dock)
-    assert len(dock._job["slices"]) == 2  # slices 1 (corrected) and 3 (reviewed) skipped
+    assert len(dock._job.slices) == 2  # slices 1 (corrected) and 3 (reviewed) skipped
     assert (mask.data[1] == 2).all()
     dock.keep_corrections.setChecked(False)
     run_and_wait(qtbot, dock)

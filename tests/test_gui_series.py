@@ -52,7 +52,7 @@ def test_series_volume_slider_and_channel_pick(
     viewer.dims.set_current_step(0, 0)
     mask.data[1, 8:24, 10:22] = 1
     job = ft._prepare()
-    np.testing.assert_array_equal(job["image"], image.data[5])
+    np.testing.assert_array_equal(job.image, image.data[5])
     # two volumes typed as channels: a 1-channel model says so in one notification
     dock.volumes.setText("0,3")
     assert L.stack_channels([image], [0, 3]).shape == (6, 32, 32, 2)

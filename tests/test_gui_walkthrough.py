@@ -76,7 +76,7 @@ def test_walkthrough(make_napari_viewer, qtbot, tmp_path, tiny_model, notes):
     before = mask.data.copy()
     assert ft.resegment()
     qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
-    redone = sorted(seg._job["slices"])
+    redone = sorted(seg._job.slices)
     assert redone == sorted(set(range(centre - 2, centre + 3)) - {first, *fixed})
     for z in (first, *fixed):
         np.testing.assert_array_equal(mask.data[z], before[z])

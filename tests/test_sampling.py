@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_medsegdiff.checkpoints import save_model
+from napari_medsegdiff.cli import error_line
 from napari_medsegdiff.config import SamplerConfig, preset
 from napari_medsegdiff.diffusion.sampling import make_scheduler
 from napari_medsegdiff.diffusion.schedule import NoiseSchedule, training_betas
@@ -51,7 +52,7 @@ def test_parse_slices():
     assert parse_slices("7,1,1", 10) == [1, 7]
     assert parse_slices(None, 3) == [0, 1, 2]
     for bad in ("5:2", "0:11", "x", "12"):
-        with pytest.raises(InputError, match="--slices"):
+        with pytest.raises(InputError, match="slice"):
             parse_slices(bad, 10)
 
 
@@ -124,10 +125,12 @@ def test_rgb_2d_image(tmp_path):
 
 def test_sampler_config_validation():
     for kwargs, arg in [
-        ({"ensemble": 0}, "--ensemble"),
-        ({"steps": 0}, "--steps"),
-        ({"sampler": "euler"}, "--sampler"),
-        ({"fusion": "max"}, "--fusion"),
+        ({"ensemble": 0}, "ensemble"),
+        ({"steps": 0}, "steps"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"fusion": "max"}, "fusion"),
     ]:
-        with pytest.raises(InputError, match=arg):
+        with pytest.raises(InputError, match=arg) as info:
             SamplerConfig(**kwargs)
+        assert info.value.argument == arg and "--" not in str(info.value)
+        assert error_line(info.value).startswith(f"--{arg}: ")

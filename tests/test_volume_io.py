@@ -265,7 +265,7 @@ def test_write_refusals(tmp_path, vol):
 def test_existing_file_needs_overwrite_and_no_temp_files_remain(tmp_path, vol):
     ok = np.ones(vol.geometry.display_shape, bool)
     target = write_labels(ok, vol, tmp_path / "seg.nii")
-    with pytest.raises(InputError, match=r"seg\.nii: exists; pass --overwrite"):
+    with pytest.raises(InputError, match=r"seg\.nii: exists; allow overwriting"):
         write_labels(ok, vol, target)
     write_labels(ok.astype(np.uint8) * 2, vol, target, overwrite=True)
     assert np.asanyarray(nib.load(target).dataobj).max() == 2

@@ -46,7 +46,10 @@ def make_scheduler(name: str, cfg: ModelConfig) -> Any:
         return DDPMScheduler(
             **common, clip_sample=True, variance_type="fixed_small", timestep_spacing="trailing"
         )
-    raise InputError(f"--sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    raise InputError(
+        f"sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}",
+        argument="sampler",
+    )
 
 
 def initial_noise(
@@ -73,7 +76,8 @@ def denoise_loop(
     """
     if not 1 <= steps <= scheduler.config.num_train_timesteps:
         raise InputError(
-            f"--steps must be between 1 and {scheduler.config.num_train_timesteps}, got {steps}"
+            f"steps must be between 1 and {scheduler.config.num_train_timesteps}, got {steps}",
+            argument="steps",
         )
     scheduler.set_timesteps(steps, device=x.device)
     x = x * scheduler.init_noise_sigma

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import threading
+import dataclasses
 import weakref
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 
 from napari_medsegdiff.checkpoints import class_names, read_model_info
-from napari_medsegdiff.devices import is_out_of_memory
 from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
@@ -26,43 +24,57 @@ from napari_medsegdiff.gui.widgets import (
     notify_info,
     short_path,
 )
-from napari_medsegdiff.gui.workers import ProgressRelay, cancel_all, progress_text, warm_imports
+from napari_medsegdiff.gui.worker_dock import WorkerDock
+from napari_medsegdiff.gui.workers import progress_text
 from napari_medsegdiff.heads import ClassPlan, plan_classes
-from napari_medsegdiff.progress import CancelToken
 
-log = logging.getLogger(__name__)
 PLOT_MS = 300  # curve and progress redraws at most ~3 times per second
 
 
-class FinetuneDock(FinetuneControls):
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning run, as the dock read it from its controls and layers."""
+
+    model: Path
+    image: np.ndarray  # (z, y, x[, c])
+    labels: np.ndarray  # (z, y, x), a copy taken at start
+    steps: int
+    lr: float
+    device: str
+    layer: Any  # the napari labels layer (re-segmenting writes back into it)
+    plan: Plan  # what trains and what is held out
+    classes: ClassPlan  # keep / grow / new head
+    model_name: str
+    model_classes: list[str]
+    slices: list[int]
+    holdout: float
+    reviewed: list[int]
+    new_model: bool
+    class_names: dict[int, str] = field(default_factory=dict)
+
+
+class FinetuneDock(FinetuneControls, WorkerDock):
     """Fine-tune the proposal's model on corrected + reviewed slices (a new store version)."""
 
     finished = Signal(object)  # FinetuneResult or None
+    job_name = "fine-tuning"
+    memory_advice = "use fewer steps per batch or the cpu device"
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self._segment_ref: Any = None
-        self._worker: Any = None
-        self._cancel: CancelToken | None = None
-        self._relay = ProgressRelay()
         self.result: Any = None
-        self._job: dict[str, Any] = {}
+        self._job: FinetuneJob | None = None
         self._seen: tuple | None = None
         self._class_answers: dict[tuple, dict[int, str]] = {}
-        self._tokens: list[CancelToken] = []
-        self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
+        self._init_worker(PLOT_MS)
         self._build_ui()
-        self._timer = QTimer(self)
-        self._timer.setInterval(PLOT_MS)
-        self._timer.timeout.connect(self._tick)
         self._count_timer = QTimer(self)  # corrections/reviews change as the user paints
         self._count_timer.setInterval(1000)
         self._count_timer.timeout.connect(self.update_counts)
         self._count_timer.start()
         self._on_labels_changed()
-        self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
-        self.warmup.start()
 
     # -------------------------------------------------------------- inputs
     @property
@@ -143,7 +155,7 @@ class FinetuneDock(FinetuneControls):
             )
         return L.stack_channels(siblings)
 
-    def _prepare(self) -> dict[str, Any]:
+    def _prepare(self) -> FinetuneJob:
         labels, image = self.labels_combo.layer(), self.image_combo.layer()
         if labels is None:
             raise InputError("no labels layer: segment a scan first, then correct its mask")
@@ -166,38 +178,35 @@ class FinetuneDock(FinetuneControls):
         plan = self.plan()
         if not plan.ready:
             raise InputError(plan.note)
-        kwargs: dict[str, Any] = {
-            "slices": plan.train + plan.held_out,
-            "holdout": plan.holdout,
-            "reviewed": L.reviewed(labels),
-            "new_model": self.new_model.isChecked(),
-        }
         classes = plan_classes(info.config.num_classes, lab, self.new_model.isChecked())
         if len(L.spatial_shape(image)) == 2:  # a 2-D image is a one-slice volume
             data = data[None]
-        return {
-            "model": model,
-            "image": data,
-            "labels": lab,
-            "steps": self.steps.value(),
-            "lr": lr,
-            "device": self.device.currentText(),
-            "layer": labels,
-            "plan": plan,
-            "classes": classes,
-            "model_name": info.name,
-            "model_classes": class_names(info.meta, info.config.num_classes),
-            **kwargs,
-        }
+        return FinetuneJob(
+            model=model,
+            image=data,
+            labels=lab,
+            steps=self.steps.value(),
+            lr=lr,
+            device=self.device.currentText(),
+            layer=labels,
+            plan=plan,
+            classes=classes,
+            model_name=info.name,
+            model_classes=class_names(info.meta, info.config.num_classes),
+            slices=plan.train + plan.held_out,
+            holdout=plan.holdout,
+            reviewed=L.reviewed(labels),
+            new_model=self.new_model.isChecked(),
+        )
 
-    def confirm_classes(self, job: dict[str, Any]) -> dict[int, str] | None:
+    def confirm_classes(self, job: FinetuneJob) -> dict[int, str] | None:
         """Names for the classes a job adds, asked once per (model, classes); None = no."""
-        plan = job["classes"]
+        plan = job.classes
         if not plan.added:
             return {}
-        key = (str(job["model"]), plan.mode, plan.added)
+        key = (str(job.model), plan.mode, plan.added)
         if key not in self._class_answers:
-            names = self.ask_class_names(job["model_name"], job["model_classes"], plan)
+            names = self.ask_class_names(job.model_name, job.model_classes, plan)
             if names is None:
                 return None
             self._class_answers[key] = names
@@ -228,10 +237,6 @@ class FinetuneDock(FinetuneControls):
         return names
 
     # ------------------------------------------------------------------ run
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     def _start_stop(self) -> None:
         if self.running:
             self.stop()
@@ -253,42 +258,38 @@ class FinetuneDock(FinetuneControls):
         if names is None:
             notify_info("fine-tuning not started: the new classes were not confirmed")
             return False
-        job["class_names"] = names
+        job = dataclasses.replace(job, class_names=names)
         self._job, self.result = job, None
-        self._relay, self._cancel = ProgressRelay(), CancelToken()
-        self._tokens[:] = [self._cancel]
-        keys = ("slices", "holdout", "reviewed", "new_model", "class_names")
-        kwargs = {k: job[k] for k in keys if k in job}
+        relay, cancel = self._new_run(job.device)
         worker = create_worker(
             finetune,
-            job["model"],
-            job["image"],
-            job["labels"],
-            steps=job["steps"],
-            lr=job["lr"],
-            device=job["device"],
-            on_progress=self._relay,
-            cancel=self._cancel,
+            job.model,
+            job.image,
+            job.labels,
+            steps=job.steps,
+            lr=job.lr,
+            device=job.device,
+            slices=job.slices,
+            holdout=job.holdout,
+            reviewed=job.reviewed,
+            new_model=job.new_model,
+            class_names=job.class_names,
+            on_progress=relay,
+            cancel=cancel,
             _ignore_errors=True,
-            **kwargs,
         )
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self.plot.clear()
         self.start_button.setText("Stop")
         self.resegment_button.setEnabled(False)
         self.progress.setValue(0)
-        self.progress.setFormat(f"0/{job['steps']} steps (preparing)")
-        self._timer.start()
-        worker.start()
+        self.progress.setFormat(f"0/{job.steps} steps (preparing)")
+        self._start_worker(worker)
         return True
 
     def stop(self) -> None:
         """Stop training; the best weights so far are saved as a partial version."""
-        if self._cancel is not None:
-            self._cancel.cancel()
+        if self._request_cancel():
             self.start_button.setEnabled(False)
             self.progress.setFormat("stopping (saving the best so far)…")
 
@@ -297,7 +298,7 @@ class FinetuneDock(FinetuneControls):
         if points:
             self.plot.add(points)
             self.plot.redraw()
-        if latest is not None and not (self._cancel and self._cancel.cancelled):
+        if latest is not None and not self._stopping:
             self.progress.setValue(int(1000 * latest.fraction))
             text = progress_text(latest, "steps")
             if latest.loss is not None:
@@ -316,28 +317,14 @@ class FinetuneDock(FinetuneControls):
     def _result_text(self, result: Any) -> str:
         """The summary with a short path and, when nothing was held out, the proposal's Dice."""
         text = result.summary().replace(str(result.path), short_path(result.path))
-        plan = self._job.get("plan")
+        plan = self._job.plan if self._job else None
         if result.held_out_dice is None and plan is not None:
             text += "; trained on all slices, none held out"
             if plan.proposal_dice is not None:
                 text += f" (proposal vs corrections Dice {plan.proposal_dice:.3f} before tuning)"
         return text
 
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, MedSegDiffError):
-            notify_error(exc)
-        elif is_out_of_memory(exc):
-            notify_error(
-                f"out of memory on {self._job.get('device')}: use fewer steps per "
-                "batch or the cpu device"
-            )
-        else:
-            log.error("fine-tuning failed", exc_info=exc)
-            notify_error(f"fine-tuning failed: {type(exc).__name__}: {exc}")
-
     def _on_finished(self) -> None:
-        self._timer.stop()
-        self._worker = None
         self._tick()
         self.start_button.setText("Start")
         self.start_button.setEnabled(True)
@@ -352,7 +339,7 @@ class FinetuneDock(FinetuneControls):
 
     def resegment(self) -> bool:
         """Run the Segment dock with the new model on slices not corrected or reviewed."""
-        dock, labels = self.segment_dock, self._job.get("layer")
+        dock, labels = self.segment_dock, self._job.layer if self._job else None
         if dock is None or self.result is None or labels is None:
             notify_error("nothing to re-segment: fine-tune first (with the Segment dock open)")
             return False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,22 +14,15 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 
 from napari_medsegdiff.checkpoints import read_model_info
-from napari_medsegdiff.devices import is_out_of_memory
-from napari_medsegdiff.errors import Cancelled, InputError, MedSegDiffError
+from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.export import ask_export_target
 from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
 from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
-from napari_medsegdiff.gui.workers import (
-    ProgressRelay,
-    RunProgress,
-    SegmenterCache,
-    cancel_all,
-    segment_job,
-    warm_imports,
-)
+from napari_medsegdiff.gui.worker_dock import WorkerDock
+from napari_medsegdiff.gui.workers import RunProgress, SegmenterCache, cancel_all, segment_job
 from napari_medsegdiff.nifti import write_image, write_labels
-from napari_medsegdiff.progress import CancelToken
 from napari_medsegdiff.review import display_limits, limits_from_values, review_volume
 from napari_medsegdiff.volume import VolumeGeometry
 
@@ -37,40 +30,48 @@ log = logging.getLogger(__name__)
 FLUSH_MS = 150  # layer refreshes at most ~7 times per second
 
 
-class SegmentDock(SegmentControls):
+@dataclass(frozen=True)
+class SegmentJob:
+    """One segmentation run, as the dock read it from its controls."""
+
+    image: Any  # the (first) napari image layer
+    volumes: tuple[int, ...]  # volumes of a 4-D series used as channels
+    skipped: tuple[int, ...]  # corrected / reviewed slices left alone
+    data: np.ndarray  # (z, y, x[, c]) or (y, x[, c])
+    model: Path
+    two_d: bool
+    slices: tuple[int, ...]  # along display axis 0
+    keep: bool  # keep corrections made during the run
+    sampler: SamplerConfig
+    device: str
+
+
+class SegmentDock(SegmentControls, WorkerDock):
     """Segment the chosen image layer(s) slice by slice with a MedSegDiff ensemble."""
 
     run_finished = Signal()
+    job_name = "segmentation"
+    memory_advice = "lower the ensemble size or the scope, or choose the cpu device"
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.cache = SegmenterCache()
         self.chunk_size: int | None = None  # members x slices per forward; None = measured
-        self._worker: Any = None
-        self._cancel: Any = None
-        self._relay = ProgressRelay()
         self._hidden_for_3d: list[Any] = []  # layers the 3-D view hid, shown again after
         self._top_only_before_3d = False
         self._run_progress = RunProgress(1, 1)
         self._pending: list[Any] = []
         self._writer: L.ResultWriter | None = None
-        self._job: dict[str, Any] = {}
-        self._cancelled = self._failed = False
-        self._tokens: list[CancelToken] = []
-        self.destroyed.connect(partial(cancel_all, self._tokens))  # no reference to self
+        self._job: SegmentJob | None = None
+        self._init_worker(FLUSH_MS)
         self._build_ui()
         self.destroyed.connect(partial(cancel_all, self.suggest.tokens))
-        self._flush_timer = QTimer(self)
-        self._flush_timer.setInterval(FLUSH_MS)
-        self._flush_timer.timeout.connect(self._tick)
         self._count_timer = QTimer(self)
         self._count_timer.setSingleShot(True)
         self._count_timer.setInterval(300)
         self._count_timer.timeout.connect(self.update_counts)
         self._on_image_changed()
-        self.warmup = threading.Thread(target=warm_imports, name="medsegdiff-warmup", daemon=True)
-        self.warmup.start()
 
     # -------------------------------------------------------------- inputs
     def mask_layer(self) -> Any | None:
@@ -94,7 +95,7 @@ class SegmentDock(SegmentControls):
             return list(range(start, stop))
         return list(range(depth))
 
-    def _prepare(self, slices: Sequence[int] | None, model: str | Path | None) -> dict | None:
+    def _prepare(self, slices: Sequence[int] | None, model: str | Path | None) -> SegmentJob | None:
         layers = self.input_layers()
         if not layers:
             raise InputError("no image layer: open a scan (File > Open) or load the sample data")
@@ -143,18 +144,18 @@ class SegmentDock(SegmentControls):
                     f"skipping {len(skipped)} slice(s) you corrected or reviewed: "
                     f"{slice_list(skipped)} (untick 'keep my corrections' to redo them)"
                 )
-        return {
-            "image": image,
-            "volumes": volumes,
-            "skipped": skipped,
-            "data": data,
-            "model": model_path,
-            "two_d": two_d,
-            "slices": indices,
-            "keep": keep,
-            "sampler": self.sampler_config(),
-            "device": self.device.currentText(),
-        }
+        return SegmentJob(
+            image=image,
+            volumes=tuple(volumes),
+            skipped=tuple(skipped),
+            data=data,
+            model=model_path,
+            two_d=two_d,
+            slices=tuple(indices),
+            keep=keep,
+            sampler=self.sampler_config(),
+            device=self.device.currentText(),
+        )
 
     def suggest_inputs(self) -> tuple[Path, str, np.ndarray, list[int]]:
         """(model, device, volume (z, y, x[, c]), slices already corrected or reviewed)."""
@@ -176,10 +177,6 @@ class SegmentDock(SegmentControls):
 
     # ------------------------------------------------------------------ run
     @property
-    def running(self) -> bool:
-        return self._worker is not None
-
-    @property
     def written(self) -> list[int]:
         """Slices written into the mask by the current (or last) run."""
         return list(self._writer.written) if self._writer else []
@@ -196,47 +193,40 @@ class SegmentDock(SegmentControls):
             return False
         if job is None:
             return False
-        mask, variance = L.ensure_result_layers(self.viewer, job["image"], str(job["model"]))
-        if L.is_volume_series(job["image"]):  # the Fine-tune dock trains on the same volumes
-            mask.metadata[L.VOLUME_PICKS] = list(job["volumes"])
+        mask, variance = L.ensure_result_layers(self.viewer, job.image, str(job.model))
+        if L.is_volume_series(job.image):  # the Fine-tune dock trains on the same volumes
+            mask.metadata[L.VOLUME_PICKS] = list(job.volumes)
         self._job, self._pending = job, []
-        self._writer = L.ResultWriter(mask, variance, job["keep"])
+        self._writer = L.ResultWriter(mask, variance, job.keep)
         self._writer.top_only = self.top_only.isChecked()
-        self._run_progress = RunProgress(len(job["slices"]), job["sampler"].steps)
+        self._run_progress = RunProgress(len(job.slices), job.sampler.steps)
         self._watch_mask()
-        self._relay, self._cancel = ProgressRelay(), CancelToken()
-        self._tokens[:] = [self._cancel]
-        self._cancelled, self._failed = False, False
+        relay, cancel = self._new_run(job.device)
         worker = create_worker(
             segment_job,
             self.cache,
-            job["model"],
-            job["device"],
-            job["data"],
-            None if job["two_d"] else job["slices"],
-            job["sampler"],
-            self._relay,
-            self._cancel,
+            job.model,
+            job.device,
+            job.data,
+            None if job.two_d else list(job.slices),
+            job.sampler,
+            relay,
+            cancel,
             _ignore_errors=True,
         )
         worker.yielded.connect(self._pending.append)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
-        sampler, count = job["sampler"], len(job["slices"])
+        sampler, count = job.sampler, len(job.slices)
         cost = cost_text(sampler.ensemble, sampler.steps, count)
         self.progress.setFormat(f"0/{count} slices, {cost} (loading model)")
-        self._flush_timer.start()
-        worker.start()
+        self._start_worker(worker)
         return True
 
     def cancel(self) -> None:
         """Stop within one denoising step; finished slices are kept."""
-        if self._cancel is not None:
-            self._cancel.cancel()
+        if self._request_cancel():
             self.cancel_button.setEnabled(False)
             self.progress.setFormat("cancelling…")
 
@@ -246,30 +236,12 @@ class SegmentDock(SegmentControls):
             self._pending.clear()
             self._writer.flush()
         latest, _ = self._relay.take()
-        if latest is not None and not self._cancel.cancelled:
+        if latest is not None and not self._stopping:
             fraction, text = self._run_progress.update(latest)
             self.progress.setValue(int(1000 * fraction))
             self.progress.setFormat(text)
 
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, Cancelled):
-            self._cancelled = True
-            return
-        self._failed = True
-        if isinstance(exc, MedSegDiffError):
-            notify_error(exc)
-        elif is_out_of_memory(exc):
-            notify_error(
-                f"out of memory on {self._job['device']}: lower the ensemble size "
-                "or the scope, or choose the cpu device"
-            )
-        else:
-            log.error("segmentation failed", exc_info=exc)
-            notify_error(f"segmentation failed: {type(exc).__name__}: {exc}")
-
     def _on_finished(self) -> None:
-        self._flush_timer.stop()
-        self._worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         try:
@@ -279,7 +251,7 @@ class SegmentDock(SegmentControls):
             notify_error(f"could not write the results: {exc}")
         written = len(self._writer.written) if self._writer else 0
         skipped = len(self._writer.skipped) if self._writer else 0
-        total = len(self._job["slices"])
+        total = len(self._job.slices) if self._job else 0
         if self._cancelled:
             text = f"cancelled: {written}/{total} slices kept"
             notify_info(text)
@@ -289,7 +261,7 @@ class SegmentDock(SegmentControls):
             text = f"done: {written}/{total} slices"
             if skipped:
                 text += f" ({skipped} edited during the run kept)"
-            before = self._job.get("skipped") or []
+            before = list(self._job.skipped) if self._job else []
             if before:
                 text += f"; skipped corrected/reviewed {slice_list(before)}"
         self.progress.setValue(int(1000 * written / max(1, total)))

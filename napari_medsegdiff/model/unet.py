@@ -110,10 +110,10 @@ class ConditionEncoder(nn.Module):
         args = (cfg.num_res_blocks, tuple(cfg.attention_levels), cfg.num_heads, cfg.dropout)
         if self.v2:
             self.backbone: nn.Module = ConditionUNet(
-                cfg.in_channels, cfg.mask_channels, cond_w, *args
+                cfg.input_channels, cfg.mask_channels, cond_w, *args
             )
         else:
-            self.backbone = ImageEncoder(cfg.in_channels, cond_w, *args)
+            self.backbone = ImageEncoder(cfg.input_channels, cond_w, *args)
         self.features = nn.ModuleList(
             ConditionFeature(cw, mw, filter_grid(cfg.image_size, lv), cfg.ff_parser)
             for lv, (cw, mw) in enumerate(zip(cond_w, mask_w))
@@ -249,12 +249,16 @@ class MedSegDiff(nn.Module):
             )
 
     def encode_condition(self, image: Tensor) -> Condition:
-        """Image [B, C, H, W] -> :class:`Condition` (run once per slice)."""
+        """Image [B, C', H, W] -> :class:`Condition` (run once per slice); C' is
+        ``config.input_channels`` (a 2.5-D model's neighbours stacked by
+        :func:`~napari_medsegdiff.preprocessing.with_context`)."""
         if image.ndim != 4:
             raise InputError(f"image must be a [B, C, H, W] tensor, got shape {tuple(image.shape)}")
-        c = self.config.in_channels
+        c = self.config.input_channels
         if image.shape[1] != c:
-            raise InputError(f"model expects C={c} image channel(s), got {image.shape[1]}")
+            raise InputError(
+                f"model expects {c} image channel(s) (C x (2 * context + 1)), got {image.shape[1]}"
+            )
         self._check_size(image.shape[2], image.shape[3], "image")
         return self.condition(image)
 
