@@ -244,7 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from napari_medsegdiff.finetune import finetune_files
+    from napari_medsegdiff.jobs import finetune_files
     from napari_medsegdiff.segmenter import parse_slices
 
     args.model = _model_arg(args.model)

@@ -1,17 +1,25 @@
-"""File-to-file engine jobs: segment one scan on disk into aligned NIfTI outputs.
+"""File-to-file engine jobs (what nnU-Net calls ``predict_from_files``).
 
-Shared by the CLI (``segment``), the cohort runner, the headless demo and the benchmarks.
+* :func:`segment_files`: one scan on disk -> aligned NIfTI outputs (CLI ``segment``, the
+  cohort runner, the headless demo, the benchmarks);
+* :func:`finetune_files`: a scan + corrected labels on disk -> a new model (CLI
+  ``finetune``).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
-from napari_medsegdiff.progress import tqdm_bar
+from napari_medsegdiff.progress import ProgressCallback, tqdm_bar
+
+if TYPE_CHECKING:
+    from napari_medsegdiff.finetune import FinetuneResult
 
 
 def check_new(path: str | None, overwrite: bool, argument: str) -> Path | None:
@@ -120,3 +128,62 @@ def segment_files(
         "seconds": time.perf_counter() - start,
         "model": seg.name,
     }
+
+
+def finetune_files(
+    image_paths: Sequence[str],
+    labels_path: str,
+    *,
+    proposal_path: str | None = None,
+    slices: Sequence[int] | None = None,
+    model: str | None = None,
+    series: str | None = None,
+    new_model: bool = False,
+    out: str | None = None,
+    store: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    on_progress: ProgressCallback | None = None,
+    **settings: Any,
+) -> FinetuneResult:
+    """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
+    labels (+ proposal), fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
+    import numpy as np
+
+    from napari_medsegdiff.finetune import finetune
+    from napari_medsegdiff.inputs import read_scan
+    from napari_medsegdiff.nifti import read_volume
+
+    volume = read_scan(list(image_paths), series=series)
+    labels_vol = read_volume(labels_path)
+    if not volume.geometry.same_space(labels_vol.geometry):
+        raise InputError(f"{labels_path}: not in the same space (shape/affine) as {image_paths[0]}")
+    labels = np.rint(labels_vol.data).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise InputError(
+            f"{labels_path}: negative label value {labels.min()}; "
+            "labels are 0 (background), 1, 2, ..."
+        )
+    proposal = None
+    if proposal_path:
+        proposal = np.rint(read_volume(proposal_path).data).astype(np.int64)
+    if slices is None and proposal is None:
+        raise InputError(
+            "say which slices were corrected, or give the proposal they were corrected from",
+            argument="slices",
+        )
+    return finetune(
+        model,
+        volume.data,
+        labels,
+        slices=slices,
+        proposal=proposal,
+        new_model=new_model,
+        device=device,
+        store=store,
+        out=out,
+        image_files=list(image_paths),
+        seed=seed,
+        on_progress=on_progress,
+        **settings,
+    )
