@@ -151,3 +151,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, argv, needle):
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert needle in err
+
+
+def test_train_with_context_records_it_and_segments(tmp_path):
+    data = tmp_path / "data"
+    for i in range(2):
+        _write_case(data, f"case{i}", seed=i)
+    out = tmp_path / "model"
+    argv = ["train", "--data", str(data), "--out", str(out), "--preset", "tiny"]
+    argv += ["--steps", "2", "--batch-size", "2", "--val-every", "2", "--device", "cpu"]
+    assert main([*argv, "--context", "1"]) == 0
+    config = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
+    assert config["model"]["context"] == 1 and config["model"]["in_channels"] == 1
+    pred = tmp_path / "pred.nii.gz"
+    scan = data / "images" / "case0.nii.gz"
+    argv = ["segment", str(scan), "-o", str(pred), "--model", str(out), "--steps", "1"]
+    assert main([*argv, "--ensemble", "1", "--device", "cpu"]) == 0
+    assert nib.load(pred).shape == nib.load(scan).shape
