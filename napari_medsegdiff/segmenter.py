@@ -23,6 +23,7 @@ import torch
 
 from napari_medsegdiff.checkpoints import ModelInfo, load_model, resolve_model
 from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.cpu_share import CpuShare
 from napari_medsegdiff.devices import autocast, choose_device, is_out_of_memory, released_memory
 from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, make_scheduler
 from napari_medsegdiff.ensemble import fuse, member_probabilities
@@ -229,48 +230,54 @@ class Segmenter:
         pending: dict[int, list[torch.Tensor | None]] = {}
         cond_cache: tuple[tuple[int, ...], object] | None = None
         pos = 0
+        full = (height, width)
+        share = CpuShare(self.device)  # fewer threads while other processes are busy
         if on_progress:
             on_progress(Progress(0, len(indices), "starting", None))
-        while emitted < len(order):
-            while emitted < len(order) and (order[emitted] in empty or order[emitted] in finished):
-                s = order[emitted]
-                result = finished.pop(s, None) or self._empty_result(s, (height, width), members)
-                emitted += 1
-                if on_progress:
-                    note = " (no tissue: skipped)" if result.skipped else ""
-                    on_progress(
-                        Progress(emitted, len(order), f"slice {s}{note}", clock.eta(emitted))
+        try:
+            while emitted < len(order):
+                while emitted < len(order) and (order[emitted] in empty | finished.keys()):
+                    s = order[emitted]
+                    result = finished.pop(s, None) or self._empty_result(s, full, members)
+                    emitted += 1
+                    if on_progress:
+                        note = " (no tissue: skipped)" if result.skipped else ""
+                        on_progress(
+                            Progress(emitted, len(order), f"slice {s}{note}", clock.eta(emitted))
+                        )
+                    yield result
+                if pos >= len(rows):
+                    break
+                part = rows[pos : pos + chunk]
+                share.adjust()
+                try:
+                    x0, cond_cache = self._sample_rows(
+                        part,
+                        images,
+                        (mh, mw),
+                        cfg,
+                        cond_cache,
+                        cancel,
+                        on_progress,
+                        emitted,
+                        len(indices),
                     )
-                yield result
-            if pos >= len(rows):
-                break
-            part = rows[pos : pos + chunk]
-            try:
-                x0, cond_cache = self._sample_rows(
-                    part,
-                    images,
-                    (mh, mw),
-                    cfg,
-                    cond_cache,
-                    cancel,
-                    on_progress,
-                    emitted,
-                    len(indices),
-                )
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc) or chunk == 1:
-                    raise
-                with released_memory(self.device):
-                    chunk = max(1, chunk // 2)
-                    self._chunk_cache[(mh, mw)] = chunk
-                    cond_cache = None
-                continue
-            pos += len(part)
-            for (s, m), row in zip(part, x0):
-                pending.setdefault(s, [None] * members)[m] = row
-            for s in [s for s in list(pending) if all(r is not None for r in pending[s])]:
-                stack = torch.stack(pending.pop(s)).float().cpu()  # type: ignore[arg-type]
-                finished[s] = self._fuse(s, stack, (height, width), cfg)
+                except RuntimeError as exc:
+                    if not is_out_of_memory(exc) or chunk == 1:
+                        raise
+                    with released_memory(self.device):
+                        chunk = max(1, chunk // 2)
+                        self._chunk_cache[(mh, mw)] = chunk
+                        cond_cache = None
+                    continue
+                pos += len(part)
+                for (s, m), row in zip(part, x0):
+                    pending.setdefault(s, [None] * members)[m] = row
+                for s in [s for s in list(pending) if all(r is not None for r in pending[s])]:
+                    stack = torch.stack(pending.pop(s)).float().cpu()  # type: ignore[arg-type]
+                    finished[s] = self._fuse(s, stack, (height, width), cfg)
+        finally:
+            share.restore()
 
     def empty_slices(self, images: np.ndarray, indices: Sequence[int]) -> set[int]:
         """Indices whose prepared slice (C, H, W) holds less than ``TISSUE_FRACTION`` tissue."""

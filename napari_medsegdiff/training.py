@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import torch
 from napari_medsegdiff.augment import AugmentConfig, augment_batch
 from napari_medsegdiff.checkpoints import save_model
 from napari_medsegdiff.config import ModelConfig, TrainConfig
+from napari_medsegdiff.cpu_share import CpuShare
 from napari_medsegdiff.data import SliceSet
 from napari_medsegdiff.devices import autocast, is_out_of_memory, released_memory
 from napari_medsegdiff.diffusion.schedule import NoiseSchedule
@@ -406,13 +407,34 @@ def train(
     _wrap(run)
     clock = EtaClock(tcfg.steps - run.step)
     start_step = run.step
-    cancelled = stop = False
     stream = _batches(run, run.step)
     run.net.train()
+    share = CpuShare(run.device)  # fewer threads while other processes are busy
+    try:
+        cancelled = _loop(run, val, stream, share, clock, start_step, cancel, on_progress)
+    finally:
+        share.restore()
+    return _finish(run, start_step, cancelled, val)
+
+
+def _loop(
+    run: _Run,
+    val: SliceSet | None,
+    stream: Iterator[tuple],
+    share: CpuShare,
+    clock: EtaClock,
+    start_step: int,
+    cancel: CancelToken | None,
+    on_progress: ProgressCallback | None,
+) -> bool:
+    """The optimiser steps, from ``run.step`` to ``tcfg.steps``; True when cancelled."""
+    tcfg = run.tcfg
+    cancelled = stop = False
     while run.step < tcfg.steps:
         if stop or (cancel is not None and cancel.cancelled and not run.distributed):
             cancelled = True
             break
+        share.adjust()
         loss_value = _micro_step(run, _draw(run, *next(stream)))
         if loss_value is None:
             continue
@@ -429,4 +451,4 @@ def train(
                     metric=metric,
                 )
             )
-    return _finish(run, start_step, cancelled, val)
+    return cancelled
