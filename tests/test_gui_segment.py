@@ -288,3 +288,19 @@ def test_viewer_stays_responsive(make_napari_viewer, qtbot, tmp_path, tiny_model
     assert len(gaps) > 20
     print(f"max gap {gaps.max():.3f} s over {len(gaps)} ticks")
     assert gaps.max() < 0.2, f"main thread blocked for {gaps.max():.3f} s"
+
+
+@pytest.mark.gui
+def test_slices_without_tissue_are_background_and_said(make_napari_viewer, qtbot, tiny_model):
+    viewer, dock = make_dock(make_napari_viewer, tiny_model)
+    rng = np.random.default_rng(0)
+    volume = np.abs(rng.normal(100, 20, (5, 32, 32))).astype(np.float32)
+    volume[[0, 4]] = 0.0  # air above and below the body
+    viewer.add_image(volume, name="scan")
+    run_and_wait(qtbot, dock)
+    mask, variance = dock.mask_layer(), dock.variance_layer()
+    assert not mask.data[[0, 4]].any() and not variance.data[[0, 4]].any()
+    assert variance.data[1:4].max() > 0
+    assert dock.progress.format() == (
+        "done: 5/5 slices (2 without tissue: background, not sampled)"
+    )

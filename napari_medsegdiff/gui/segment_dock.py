@@ -62,6 +62,7 @@ class SegmentDock(SegmentControls, WorkerDock):
         self._top_only_before_3d = False
         self._run_progress = RunProgress(1, 1)
         self._pending: list[Any] = []
+        self._no_tissue = 0  # slices of this run skipped for holding no tissue
         self._writer: L.ResultWriter | None = None
         self._job: SegmentJob | None = None
         self._init_worker(FLUSH_MS)
@@ -196,7 +197,7 @@ class SegmentDock(SegmentControls, WorkerDock):
         mask, variance = L.ensure_result_layers(self.viewer, job.image, str(job.model))
         if L.is_volume_series(job.image):  # the Fine-tune dock trains on the same volumes
             mask.metadata[L.VOLUME_PICKS] = list(job.volumes)
-        self._job, self._pending = job, []
+        self._job, self._pending, self._no_tissue = job, [], 0
         self._writer = L.ResultWriter(mask, variance, job.keep)
         self._writer.top_only = self.top_only.isChecked()
         self._run_progress = RunProgress(len(job.slices), job.sampler.steps)
@@ -232,6 +233,7 @@ class SegmentDock(SegmentControls, WorkerDock):
 
     def _tick(self) -> None:
         if self._pending and self._writer is not None:
+            self._no_tissue += sum(bool(getattr(r, "skipped", False)) for r in self._pending)
             self._writer.pending.extend(self._pending)
             self._pending.clear()
             self._writer.flush()
@@ -259,6 +261,8 @@ class SegmentDock(SegmentControls, WorkerDock):
             text = "failed"
         else:
             text = f"done: {written}/{total} slices"
+            if self._no_tissue:
+                text += f" ({self._no_tissue} without tissue: background, not sampled)"
             if skipped:
                 text += f" ({skipped} edited during the run kept)"
             before = list(self._job.skipped) if self._job else []
