@@ -128,3 +128,20 @@ def test_dependencies_say_the_truth():
     (everything,) = project["optional-dependencies"]["all"]
     assert "gui" in everything and "pyqt6" in everything and extras["pyqt6"] & bindings
     assert project["license"] == "MIT"
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="the no-GPU path of the GPU check"
+)
+def test_gpu_check_says_there_is_no_gpu_and_claims_nothing(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={"PATH": "/usr/bin:/bin", "MEDSEGDIFF_PY": sys.executable},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA GPU" in proc.stdout
+    assert not (tmp_path / "report").exists()  # no report, no figures
