@@ -5,9 +5,10 @@ quiet machine that is the fastest way to run small tensors; when another process
 core, each barrier waits for a thread that is not running and work slows 5-10x
 (BENCHMARKS.md, "Shared CPU"). :class:`CpuShare` watches how much CPU *other* processes
 use (``/proc/stat`` minus this process's own CPU time) and drops torch to one thread while
-they hold at least ``BUSY_CORES`` of a core, going back to the starting count when they
-leave. Linux only; elsewhere it does nothing. The user's own choice wins: an
-``OMP_NUM_THREADS`` in the environment turns it off.
+they and our threads together want at least ``BUSY_CORES`` of a core more than the machine
+has, going back to the starting count when they leave (on a large shared server, other
+users on other cores do not count). Linux only; elsewhere it does nothing. The user's own
+choice wins: an ``OMP_NUM_THREADS`` in the environment turns it off.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import time
 
 import torch
 
-BUSY_CORES = 0.6  # other processes using at least this much CPU: go to one thread
-QUIET_CORES = 0.3  # ... and back once they use less than this
+BUSY_CORES = 0.6  # cores wanted beyond the machine's (others + our threads): one thread
+QUIET_CORES = 0.3  # ... and back once the excess is below this
 INTERVAL_S = 0.5  # shortest window the load is measured over
 _PROC_STAT = "/proc/stat"
 
@@ -48,13 +49,14 @@ class CpuShare:
         )
         self.full = torch.get_num_threads()
         self.others = 0.0  # cores other processes used over the last window
+        self.excess = 0.0  # others + our threads - the machine's cores
         self._mark = self._sample() if self.enabled else None
 
-    def _sample(self) -> tuple[float, float, float] | None:
+    def _sample(self) -> tuple[float, float, float, float] | None:
         machine = _busy_and_total()
         if machine is None:
             return None
-        return time.monotonic(), machine[0], time.process_time()
+        return time.monotonic(), machine[0], time.process_time(), machine[1]
 
     def adjust(self) -> int:
         """Re-measure (at most every ``INTERVAL_S``) and set the thread count; returns it."""
@@ -68,12 +70,14 @@ class CpuShare:
             return torch.get_num_threads()
         machine_busy = now[1] - self._mark[1]
         ours = now[2] - self._mark[2]
+        cores = (now[3] - self._mark[3]) / wall
         self._mark = now
         self.others = max(0.0, (machine_busy - ours) / wall)
+        self.excess = self.others + self.full - cores
         threads = torch.get_num_threads()
-        if threads > 1 and self.others >= BUSY_CORES:
+        if threads > 1 and self.excess >= BUSY_CORES:
             torch.set_num_threads(1)
-        elif threads < self.full and self.others < QUIET_CORES:
+        elif threads < self.full and self.excess < QUIET_CORES:
             torch.set_num_threads(self.full)
         return torch.get_num_threads()
 

@@ -8,8 +8,10 @@ from napari_medsegdiff import cpu_share
 
 
 def test_drops_to_one_thread_under_load_and_comes_back(monkeypatch):
-    clock = {"wall": 0.0, "machine": 0.0, "ours": 0.0}
-    monkeypatch.setattr(cpu_share, "_busy_and_total", lambda: (clock["machine"], 1e9))
+    clock = {"wall": 0.0, "machine": 0.0, "ours": 0.0, "cores": 2.0}
+    monkeypatch.setattr(
+        cpu_share, "_busy_and_total", lambda: (clock["machine"], clock["cores"] * clock["wall"])
+    )
     monkeypatch.setattr(cpu_share.time, "monotonic", lambda: clock["wall"])
     monkeypatch.setattr(cpu_share.time, "process_time", lambda: clock["ours"])
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -36,6 +38,8 @@ def test_drops_to_one_thread_under_load_and_comes_back(monkeypatch):
         window(ours=1.0, others=1.0)
         share.restore()
         assert torch.get_num_threads() == 2
+        clock["cores"] = 64.0  # a big shared server: others busy on other cores
+        assert window(ours=2.0, others=20.0) == 2
     finally:
         torch.set_num_threads(before)
 
