@@ -113,3 +113,30 @@ def test_manifest_docks_find_each_other(make_napari_viewer):
     _, ft = viewer.window.add_plugin_dock_widget("napari-medsegdiff", "Fine-tune")
     assert isinstance(seg, SegmentDock) and isinstance(ft, FinetuneDock)
     assert ft.segment_dock is seg
+
+
+@pytest.mark.gui
+def test_stop_before_the_first_step_says_nothing_was_saved(
+    make_napari_viewer, qtbot, tmp_path, tiny_model, notes, monkeypatch
+):
+    from napari_medsegdiff import finetune as engine
+    from napari_medsegdiff.errors import Cancelled
+    from napari_medsegdiff.gui.finetune_dock import FinetuneDock
+
+    def stopped(*args, **kwargs):  # the engine's answer to a stop before step 1
+        raise Cancelled("fine-tuning cancelled before the first step; no version saved")
+
+    monkeypatch.setattr(engine, "finetune", stopped)
+    viewer, seg = make_dock(make_napari_viewer, tiny_model, ensemble=1, steps=1)
+    open_scan(viewer, scan_file(tmp_path, depth=6))
+    ft = FinetuneDock(viewer)
+    viewer.window.add_dock_widget(ft, name="Fine-tune", area="right")
+    assert seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=WAIT_MS)
+    seg.mark_reviewed(2)
+    ft.update_counts()
+    assert ft.start()
+    qtbot.waitUntil(lambda: not ft.running, timeout=WAIT_MS)
+    assert ft.result is None and ft.start_button.text() == "Start"
+    assert ft.progress.format() == "stopped before the first step: no version saved"
+    assert any("no version saved" in n for n in notes), notes

@@ -332,6 +332,9 @@ class FinetuneDock(FinetuneControls, WorkerDock):
             partial = " (partial)" if self.result.provenance.get("partial") else ""
             self.progress.setValue(1000)
             self.progress.setFormat(f"saved {self.result.path.name}{partial}")
+        elif self._cancelled:  # stopped before the first step: the engine saved nothing
+            self.progress.setFormat("stopped before the first step: no version saved")
+            notify_info("fine-tuning stopped before the first step; no version saved")
         else:
             self.progress.setFormat("failed")
         self.update_counts()
