@@ -1,7 +1,7 @@
 """Quality of the shipped default model on the held-out sample slices, against a classic
 baseline, plus step/ensemble sweeps and whether the variance flags the errors.
 
-    python benchmarks/quality.py [--model DIR] [--quick]
+    python benchmarks/quality.py [--model DIR] [--quick] [--per-slice]
 
 Held-out data: the contiguous block of axial slices recorded in the model's config.json
 (never seen in training) and one unseen augmented variant of those slices (in-plane
@@ -139,10 +139,26 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def print_per_slice(
+    pred: np.ndarray, truth: np.ndarray, otsu: np.ndarray, indices: list[int]
+) -> None:
+    """Mean GM/WM Dice of each slice (n, h, w), the model's and multi-Otsu's."""
+    from napari_medsegdiff.metrics import dice
+
+    print("\nper held-out slice (mean GM/WM Dice): slice model otsu")
+    for i, z in enumerate(indices):
+        ours = np.mean([dice(pred[i] == k, truth[i] == k) for k in CLASSES])
+        base = np.mean([dice(otsu[i] == k, truth[i] == k) for k in CLASSES])
+        print(f"{z:5d} {ours:.3f} {base:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--quick", action="store_true", help="main table only")
+    parser.add_argument(
+        "--per-slice", action="store_true", help="also mean GM/WM Dice of each held-out slice"
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--steps", type=int, default=0, help="default: the model's")
     parser.add_argument("--ensemble", type=int, default=0, help="default: the model's")
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(ratio {v[w].mean() / max(v[~w].mean(), 1e-12):.1f}x); AUROC of variance for "
         f"errors {auroc(v, w):.3f} (inside the head)"
     )
+    if args.per_slice:
+        print_per_slice(pred, truth, otsu_baseline(image[held]), held)
     if args.quick:
         return 0
     subset = held[:: max(1, len(held) // 8)][:8]

@@ -25,17 +25,19 @@ from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.model import build_model
 from napari_medsegdiff.nifti import read_volume
-from napari_medsegdiff.preprocessing import model_size_for, resize_probabilities
+from napari_medsegdiff.preprocessing import resize_probabilities, square_canvas
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter
 
 SIZES = (96, 128, 160, 192, 256)
 
 
-def ceiling(labels: np.ndarray, size: int, divisor: int) -> tuple[tuple[int, int], float]:
-    """(model size, mean GM/WM Dice of labels (n, h, w) resized to the model size and back)."""
+def ceiling(labels: np.ndarray, size: int) -> tuple[tuple[int, int], float]:
+    """(slice size on the model's canvas, mean GM/WM Dice of labels (n, h, w) resized to it
+    and back)."""
     h, w = labels.shape[1:]
-    model_hw = model_size_for(h, w, size, divisor)
+    canvas = square_canvas(h, w, size)
+    model_hw = (canvas.height, canvas.width)
     onehot = np.eye(3, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
     back = resize_probabilities(resize_probabilities(onehot, model_hw), (h, w)).argmax(1)
     return model_hw, float(np.mean([dice(back == c, labels == c) for c in (1, 2)]))
@@ -69,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held-out slices {start}:{stop}, in-plane {labels.shape[1:]} (native, ~1 mm)")
     print("model size | input px  | label ceiling Dice | condition GFLOP | step GFLOP | s/slice")
     for size in SIZES:
-        hw, best = ceiling(labels, size, cfg.size_divisor)
+        hw, best = ceiling(labels, size)
         sized = dataclasses.replace(cfg, image_size=size)
-        cond_gf, step_gf = flops(build_model(sized).eval(), sized, hw)
+        cond_gf, step_gf = flops(build_model(sized).eval(), sized, (size, size))
         seconds = ""
         if args.time:
             seg_at = Segmenter(build_model(sized).eval(), seg.info, torch.device("cpu"))

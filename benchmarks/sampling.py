@@ -32,7 +32,6 @@ from napari_medsegdiff.config import SamplerConfig, preset
 from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, make_scheduler
 from napari_medsegdiff.model import build_model
 from napari_medsegdiff.nifti import read_volume
-from napari_medsegdiff.preprocessing import resize_slices, with_context
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter, member_seed
 
@@ -121,16 +120,14 @@ def shipped(device: str) -> None:
         )
     picks = list(range(60, 100, 5))
     images = seg.prepare(volume)
-    size = seg.model_size(*images.shape[-2:])
+    canvas = seg.canvas(*images.shape[-2:])
     ours = time.perf_counter()
     list(seg.segment_slices(images, picks, sampler=sampler))
     ours = (time.perf_counter() - ours) / len(picks)
     ref = 0.0
     for z in picks:
-        image = torch.as_tensor(resize_slices(with_context(images, [z], seg.config.context), size))
-        ref += reference_way(
-            seg.model, seg.config, image.to(seg.device), sampler.ensemble, sampler.steps
-        )
+        image = seg.model_input(images, [z], canvas)
+        ref += reference_way(seg.model, seg.config, image, sampler.ensemble, sampler.steps)
     ref /= len(picks)
     print(
         f"per slice ({len(picks)} sample slices): ours {ours:.3f} s, reference way {ref:.3f} s, "

@@ -1,4 +1,5 @@
-"""Batch augmentations on the training device: flips, small affine, intensity jitter.
+"""Batch augmentations on the training device: flips, small affine, intensity jitter,
+contrast inversion (T2-like) and display windows (CT-like).
 
 Images are normalised to [-1, 1]; labels are integer class maps. Every random draw takes
 a ``torch.Generator`` so training is reproducible.
@@ -27,6 +28,8 @@ class AugmentConfig:
     noise: float = 0.03
     elastic: float = 0.0  # displacement amplitude as a fraction of the image size
     bias: float = 0.0  # strength of a smooth multiplicative bias field
+    invert: float = 0.0  # probability of inverting the contrast inside the head (T2-like)
+    window: float = 0.0  # probability of a random intensity window (CT-like, saturating)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -84,6 +87,47 @@ def elastic_warp(
     return resample(image, labels, grid)
 
 
+def _dilate(mask: torch.Tensor, radius: int, outside: float) -> torch.Tensor:
+    """Binary dilation of (N, 1, H, W) 0/1 by a square; beyond the border counts as ``outside``."""
+    padded = F.pad(mask, (radius,) * 4, value=outside)
+    return F.max_pool2d(padded, 2 * radius + 1, stride=1)
+
+
+def head_mask(image: torch.Tensor, radius: int = 4) -> torch.Tensor:
+    """Inside the head (N, 1, H, W) as 0/1: above 10 % of each slice's range, closed so that
+    dark structures within (CSF, ventricles up to ~2 x ``radius`` px wide) count as inside."""
+    unit = image.mean(1, keepdim=True)
+    lo = unit.amin(dim=(2, 3), keepdim=True)
+    hi = unit.amax(dim=(2, 3), keepdim=True)
+    fg = (unit > lo + 0.1 * (hi - lo)).float()
+    return 1 - _dilate(1 - _dilate(fg, radius, 0.0), radius, 1.0)
+
+
+def invert_contrast(image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """T2-like: invert intensities inside the head of the ``chosen`` (N,) bool slices.
+
+    Inside the head ``x -> top - x + offset`` (offset 0-0.3 of the range, so the darkest
+    tissue does not fall to the background level); outside stays as it was.
+    """
+    n = image.shape[0]
+    inside = head_mask(image)
+    offset = _uniform(n, 0.0, 0.6, g).view(-1, 1, 1, 1).to(image.device)
+    flipped = torch.where(inside > 0, (1.0 - image) - 1.0 + offset, image)
+    return torch.where(chosen.view(-1, 1, 1, 1).to(image.device), flipped, image)
+
+
+def random_window(image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """CT-like display windows: rescale a random window [a, b] of [-1, 1] to [-1, 1] and
+    saturate outside it, for the ``chosen`` (N,) bool slices."""
+    n = image.shape[0]
+    lo = _uniform(n, -1.0, 0.2, g)
+    width = _uniform(n, 0.6, 1.8, g)
+    a = lo.view(-1, 1, 1, 1).to(image.device)
+    b = (lo + width).view(-1, 1, 1, 1).to(image.device)
+    windowed = ((image - a) / (b - a)).clamp(0, 1) * 2 - 1
+    return torch.where(chosen.view(-1, 1, 1, 1).to(image.device), windowed, image)
+
+
 def augment_batch(
     image: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: AugmentConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +158,10 @@ def augment_batch(
         c = 1 + _uniform(n, -cfg.contrast, cfg.contrast, g).view(-1, 1, 1, 1).to(dev)
         b = _uniform(n, -cfg.brightness, cfg.brightness, g).view(-1, 1, 1, 1).to(dev)
         image = image * c + b
+    if cfg.invert:
+        image = invert_contrast(image, torch.rand(n, generator=g) < cfg.invert, g)
+    if cfg.window:
+        image = random_window(image, torch.rand(n, generator=g) < cfg.window, g)
     if cfg.noise:
         image = image + cfg.noise * torch.randn(image.shape, generator=g).to(dev)
     return image.clamp(-1.5, 1.5), labels

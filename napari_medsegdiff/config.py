@@ -270,6 +270,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     lr: float = 2e-4
+    lr_final: float | None = None  # cosine decay from lr to this over the steps; None: constant
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0

@@ -17,7 +17,12 @@ import torch
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.paths import NIFTI_SUFFIXES, list_nifti_files, strip_suffix
-from napari_medsegdiff.preprocessing import normalize_intensity, resize_slices, with_context
+from napari_medsegdiff.preprocessing import (
+    normalize_intensity,
+    resize_slices,
+    square_canvas,
+    with_context,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -62,20 +67,15 @@ def fit_to_square(
     images: np.ndarray, labels: np.ndarray, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (N, C, H, W) / (N, H, W) keeping aspect (longer side = size), pad to size x size."""
-    n, c, h, w = images.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = torch.as_tensor(resize_slices(images.astype(np.float32), (nh, nw)))
+    n, _, h, w = images.shape
+    canvas = square_canvas(h, w, size)
+    hw = (canvas.height, canvas.width)
+    img = torch.as_tensor(resize_slices(images.astype(np.float32), hw))
     onehot = np.zeros((n, int(labels.max()) + 1, h, w), dtype=np.float32)
     for k in range(onehot.shape[1]):
         onehot[:, k] = labels == k
-    lab = torch.as_tensor(resize_slices(onehot, (nh, nw))).argmax(1)
-    out_img = torch.full((n, c, size, size), -1.0)
-    out_lab = torch.zeros((n, size, size), dtype=torch.long)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out_img[:, :, top : top + nh, left : left + nw] = img
-    out_lab[:, top : top + nh, left : left + nw] = lab
-    return out_img, out_lab
+    lab = torch.as_tensor(resize_slices(onehot, hw)).argmax(1)
+    return canvas.place(img), canvas.place(lab[:, None], 0)[:, 0]
 
 
 def image_and_labels(

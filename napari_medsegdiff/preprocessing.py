@@ -2,7 +2,8 @@
 
 * :func:`normalize_intensity` maps a volume ``(z, y, x)`` or ``(z, y, x, c)`` to float32 in
   [-1, 1]: robust percentiles (``method="percentile"``) or a CT window (``method="ct"``).
-* :func:`model_size_for` picks the model's input size for an in-plane size ``(h, w)``.
+* :func:`square_canvas` places an ``(h, w)`` slice in the model's square input
+  (:class:`Canvas`: aspect kept, centred, padded), the same in training and segmentation.
 * :func:`with_context` stacks each slice with its neighbours as channels (2.5-D models).
 * :func:`foreground_slices` finds the slices that hold tissue (the rest can be skipped).
 * :func:`resize_slices` / :func:`resize_probabilities` resize ``[N, C, H, W]`` stacks
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -126,22 +128,53 @@ def normalize_intensity(
     return np.stack(out, axis=-1) if arr.ndim == 4 else out[0]
 
 
-def model_size_for(h: int, w: int, image_size: int, divisor: int) -> tuple[int, int]:
-    """Model input size ``(H', W')`` for an in-plane size ``(h, w)``.
+@dataclass(frozen=True)
+class Canvas:
+    """Where a slice sits in the model's square input, as in training.
 
-    The longer side is scaled to ``image_size`` keeping the aspect ratio; each side is then
-    rounded to the nearest multiple of ``divisor`` (at least ``divisor``), so the U-Net's
-    downsampling divides it exactly. E.g. ``(512, 256), 128, 16 -> (128, 64)``.
+    The slice is resized keeping its aspect ratio (longer side = ``size``) to
+    ``(height, width)`` and centred in a ``size x size`` square; the rest is padding at the
+    normalised minimum (-1). Training (:func:`napari_medsegdiff.data.fit_to_square`) and
+    segmentation place slices the same way.
     """
-    for name, value in (("h", h), ("w", w), ("image_size", image_size), ("divisor", divisor)):
+
+    size: int
+    height: int
+    width: int
+
+    @property
+    def top(self) -> int:
+        return (self.size - self.height) // 2
+
+    @property
+    def left(self) -> int:
+        return (self.size - self.width) // 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    def place(self, content: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+        """``[N, C, height, width]`` -> ``[N, C, size, size]``, padded with ``fill``."""
+        out = content.new_full((*content.shape[:2], self.size, self.size), fill)
+        out[..., self.top : self.top + self.height, self.left : self.left + self.width] = content
+        return out
+
+    def crop(self, x: ArrayT) -> ArrayT:
+        """``[..., size, size]`` -> ``[..., height, width]`` (the slice's own pixels)."""
+        return x[..., self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def square_canvas(h: int, w: int, image_size: int) -> Canvas:
+    """The :class:`Canvas` of an ``(h, w)`` slice for a model of ``image_size``.
+
+    E.g. ``(185, 149), 128 -> 128 x 103 centred in 128 x 128``.
+    """
+    for name, value in (("h", h), ("w", w), ("image_size", image_size)):
         if int(value) != value or value < 1:
             raise InputError(f"{name}: must be a positive integer, got {value}")
     scale = image_size / max(h, w)
-
-    def fit(side: int) -> int:
-        return max(divisor, round(side * scale / divisor) * divisor)
-
-    return fit(h), fit(w)
+    return Canvas(image_size, max(1, round(h * scale)), max(1, round(w * scale)))
 
 
 def _check_stack(x: np.ndarray | torch.Tensor, name: str, size: Sequence[int]) -> None:

@@ -29,11 +29,12 @@ from napari_medsegdiff.diffusion.sampling import denoise_loop, initial_noise, ma
 from napari_medsegdiff.ensemble import fuse, member_probabilities
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.preprocessing import (
+    Canvas,
     foreground_slices,
-    model_size_for,
     normalize_intensity,
     resize_probabilities,
     resize_slices,
+    square_canvas,
     with_context,
 )
 from napari_medsegdiff.progress import CancelToken, EtaClock, Progress, ProgressCallback, check
@@ -155,8 +156,18 @@ class Segmenter:
             arr = normalize_intensity(arr, method=method, window=window)
         return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32, copy=False), -1, 1))
 
-    def model_size(self, height: int, width: int) -> tuple[int, int]:
-        return model_size_for(height, width, self.config.image_size, self.config.size_divisor)
+    def canvas(self, height: int, width: int) -> Canvas:
+        """Where an (height, width) slice sits in the model's square input (as in training)."""
+        return square_canvas(height, width, self.config.image_size)
+
+    def model_input(
+        self, images: np.ndarray, indices: Sequence[int], canvas: Canvas
+    ) -> torch.Tensor:
+        """Prepared slices (z, C, H, W) at ``indices`` with their context, placed on the
+        canvas: (len(indices), input channels, S, S) on the model's device."""
+        stacked = with_context(images, indices, self.config.context)
+        content = torch.as_tensor(resize_slices(stacked, (canvas.height, canvas.width)))
+        return canvas.place(content).to(self.device)
 
     # ---------------------------------------------------------------- sampling
     def segment_volume(
@@ -218,11 +229,11 @@ class Segmenter:
         """Core loop over prepared images (z, C, H, W); yields one result per index in order."""
         cfg = sampler or SamplerConfig()
         height, width = images.shape[-2:]
-        mh, mw = self.model_size(height, width)
+        canvas = self.canvas(height, width)
         members = cfg.ensemble
         empty = self.empty_slices(images, indices) if cfg.skip_empty else set()
         rows = [(s, m) for s in indices if s not in empty for m in range(members)]
-        chunk = cfg.chunk_size or self.auto_chunk_size(mh, mw)
+        chunk = cfg.chunk_size or self.auto_chunk_size(*canvas.shape)
         clock = EtaClock(len(indices))
         order = list(indices)
         emitted = 0  # results yielded, in the order of ``indices``
@@ -254,7 +265,7 @@ class Segmenter:
                     x0, cond_cache = self._sample_rows(
                         part,
                         images,
-                        (mh, mw),
+                        canvas,
                         cfg,
                         cond_cache,
                         cancel,
@@ -267,7 +278,7 @@ class Segmenter:
                         raise
                     with released_memory(self.device):
                         chunk = max(1, chunk // 2)
-                        self._chunk_cache[(mh, mw)] = chunk
+                        self._chunk_cache[canvas.shape] = chunk
                         cond_cache = None
                     continue
                 pos += len(part)
@@ -275,7 +286,7 @@ class Segmenter:
                     pending.setdefault(s, [None] * members)[m] = row
                 for s in [s for s in list(pending) if all(r is not None for r in pending[s])]:
                     stack = torch.stack(pending.pop(s)).float().cpu()  # type: ignore[arg-type]
-                    finished[s] = self._fuse(s, stack, (height, width), cfg)
+                    finished[s] = self._fuse(s, canvas.crop(stack), (height, width), cfg)
         finally:
             share.restore()
 
@@ -308,21 +319,21 @@ class Segmenter:
             skipped=True,
         )
 
-    def _sample_rows(self, part, images, size, cfg, cond_cache, cancel, on_progress, done, total):
+    def _sample_rows(self, part, images, canvas, cfg, cond_cache, cancel, on_progress, done, total):
         check(cancel)
         unique = tuple(sorted({s for s, _ in part}))
         if cond_cache is not None and set(unique) <= set(cond_cache[0]):
             slice_ids, cond = cond_cache
         else:
-            batch = resize_slices(with_context(images, unique, self.config.context), size)
+            batch = self.model_input(images, unique, canvas)
             with torch.inference_mode(), autocast(self.device):
-                cond = self.model.encode_condition(torch.as_tensor(batch).to(self.device))
+                cond = self.model.encode_condition(batch)
             slice_ids = unique
         where = {s: i for i, s in enumerate(slice_ids)}
         idx = torch.tensor([where[s] for s, _ in part], device=self.device)
         row_cond = cond.index(idx)
         generators = [torch.Generator().manual_seed(member_seed(cfg.seed, m)) for _, m in part]
-        shape = (self.config.mask_channels, *size)
+        shape = (self.config.mask_channels, *canvas.shape)
         x = initial_noise(shape, generators, self.device)
         scheduler = make_scheduler(cfg.sampler, self.config)
 

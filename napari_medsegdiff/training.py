@@ -274,10 +274,20 @@ def _micro_step(run: _Run, batch: tuple) -> float | None:
         return None
 
 
+def learning_rate(tcfg: TrainConfig, step: int) -> float:
+    """The learning rate at ``step``: constant, or cosine from ``lr`` to ``lr_final``."""
+    if tcfg.lr_final is None:
+        return tcfg.lr
+    frac = min(1.0, step / max(1, tcfg.steps - 1))
+    return tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
+
+
 def _apply(run: _Run, loss_value: float, cancel: CancelToken | None) -> tuple[float, bool]:
     """Clip, step, EMA; the global mean loss and whether any rank was cancelled."""
     from napari_medsegdiff.distributed import all_reduce
 
+    for group in run.opt.param_groups:
+        group["lr"] = learning_rate(run.tcfg, run.step)
     run.scaler.unscale_(run.opt)
     torch.nn.utils.clip_grad_norm_(run.params, run.tcfg.grad_clip)
     run.scaler.step(run.opt)

@@ -15,6 +15,7 @@ Fully seeded; prints the wall time. ``--install`` copies the result into the pac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--lr-final", type=float, default=None, help="cosine decay to this")
+    parser.add_argument("--invert", type=float, default=0.0, help="P(T2-like inversion)")
+    parser.add_argument("--window", type=float, default=0.0, help="P(CT-like window)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--version", default="v2")
     parser.add_argument("--prediction", default="v_prediction", help="epsilon | v_prediction")
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_final=args.lr_final,
         ema_decay=0.999,
         val_every=max(1, args.steps // 6),
         save_every=max(1, args.steps // 6),
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         init_state=init_state,
         meta=meta,
-        augment=TRAIN_AUGMENT,
+        augment=dataclasses.replace(TRAIN_AUGMENT, invert=args.invert, window=args.window),
         on_progress=on_progress,
     )
     wall = time.perf_counter() - start

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from skimage import io
 
-from napari_medsegdiff.augment import AugmentConfig, augment_batch
+from napari_medsegdiff.augment import AugmentConfig, augment_batch, invert_contrast, random_window
 from napari_medsegdiff.data import fit_to_square, load_layout, slices_from_volume, split_holdout
 from napari_medsegdiff.errors import InputError
 
@@ -102,3 +104,61 @@ def test_augmentations_keep_labels_valid_and_are_seeded():
     assert torch.equal(a1, a2) and torch.equal(l1, l2)
     assert set(l1.unique().tolist()) <= {0, 2}
     assert not torch.equal(a1, img)
+
+
+def _head(n: int = 2, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic T1-like slices (n, 1, S, S): background -1, bright 'white matter' disc with
+    a dark 'ventricle' in the middle and a mid-grey rim; and where the ventricle is."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    r = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2).sqrt()
+    img = torch.full((size, size), -1.0)
+    img[r < 18] = 0.0  # grey rim
+    img[r < 14] = 0.9  # white matter
+    ventricle = r < 3
+    img[ventricle] = -0.95  # CSF: nearly as dark as the background
+    return img.expand(n, 1, size, size).clone(), ventricle
+
+
+def test_contrast_inversion_is_t2_like_inside_the_head_only():
+    img, ventricle = _head()
+    g = torch.Generator().manual_seed(0)
+    chosen = torch.tensor([True, False])
+    out = invert_contrast(img, chosen, g)
+    assert torch.equal(out[1], img[1])  # not chosen: untouched
+    inv = out[0, 0]
+    assert (inv[img[0, 0] == -1.0] == -1.0).all()  # background stays dark
+    # ventricle (closed into the head) becomes the brightest, white matter the darkest
+    assert inv[ventricle].min() > inv[(img[0, 0] == 0.0)].max() > inv[img[0, 0] == 0.9].max()
+    assert inv[img[0, 0] == 0.9].min() > -1.0  # tissue stays above the background
+
+
+def test_random_window_saturates_and_keeps_order():
+    img = torch.linspace(-1, 1, 200).view(1, 1, 10, 20).expand(6, 1, 10, 20)
+    out = random_window(img, torch.ones(6, dtype=torch.bool), torch.Generator().manual_seed(1))
+    assert out.min() >= -1 and out.max() <= 1
+    flat = out.flatten(1)
+    assert (flat[:, 1:] >= flat[:, :-1]).all()  # a window never reorders intensities
+    assert ((flat == -1).sum(1) > 1).any() or ((flat == 1).sum(1) > 1).any()  # saturates
+
+
+def test_inversion_and_window_in_augment_batch_are_seeded_and_off_by_default():
+    img, _ = _head(4)
+    lab = (img[:, 0] > -0.5).long()
+    plain = AugmentConfig(
+        flip=False,
+        rotate_deg=0,
+        scale=(1, 1),
+        translate=0,
+        gamma=(1, 1),
+        contrast=0,
+        brightness=0,
+        noise=0,
+    )
+    same, _ = augment_batch(img, lab, torch.Generator().manual_seed(0), plain)
+    assert torch.equal(same, img)  # off by default
+    cfg = dataclasses.replace(plain, invert=1.0, window=0.0)
+    a1, _ = augment_batch(img, lab, torch.Generator().manual_seed(5), cfg)
+    a2, _ = augment_batch(img, lab, torch.Generator().manual_seed(5), cfg)
+    assert torch.equal(a1, a2)
+    wm = img[:, 0] == 0.9
+    assert (a1[:, 0][wm] < 0).all()  # every slice inverted: white matter now dark

@@ -9,10 +9,10 @@ import torch
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.preprocessing import (
-    model_size_for,
     normalize_intensity,
     resize_probabilities,
     resize_slices,
+    square_canvas,
 )
 
 
@@ -139,8 +139,8 @@ def test_resize_round_trip_shapes_numpy_and_torch():
 def test_disc_down_and_back_keeps_dice():
     yy, xx = np.mgrid[:300, :200]
     disc = ((yy - 140) ** 2 + (xx - 90) ** 2) < 60**2
-    h, w = model_size_for(300, 200, 64, 16)
-    small = resize_slices(disc[None, None].astype(np.float32), (h, w))
+    canvas = square_canvas(300, 200, 64)
+    small = resize_slices(disc[None, None].astype(np.float32), (canvas.height, canvas.width))
     back = resize_probabilities(small, (300, 200))
     assert dice(back[0, 0] > 0.5, disc) > 0.95
 
@@ -158,18 +158,29 @@ def test_resize_probabilities_multiclass_sums_to_one():
 
 
 @pytest.mark.parametrize(
-    ("hw", "image_size", "divisor", "expected"),
+    ("hw", "image_size", "content"),
     [
-        ((512, 512), 128, 16, (128, 128)),
-        ((512, 256), 128, 16, (128, 64)),
-        ((256, 512), 128, 16, (64, 128)),
-        ((300, 200), 128, 16, (128, 80)),  # 85.3 -> 80
-        ((1000, 10), 128, 16, (128, 16)),  # never below one divisor
-        ((240, 155), 256, 8, (256, 168)),  # upscaling: 165.3 -> 168
+        ((512, 512), 128, (128, 128)),
+        ((512, 256), 128, (128, 64)),
+        ((256, 512), 128, (64, 128)),
+        ((185, 149), 128, (128, 103)),  # the sample's axial slices
+        ((1000, 10), 128, (128, 1)),  # never below one pixel
+        ((100, 60), 256, (256, 154)),  # upscaling
     ],
 )
-def test_model_size_for(hw, image_size, divisor, expected):
-    assert model_size_for(*hw, image_size, divisor) == expected
+def test_square_canvas_keeps_aspect_and_centres(hw, image_size, content):
+    canvas = square_canvas(*hw, image_size)
+    assert canvas.shape == (image_size, image_size)
+    assert (canvas.height, canvas.width) == content
+    x = torch.rand(2, 3, *content)
+    placed = canvas.place(x)
+    assert placed.shape == (2, 3, image_size, image_size)
+    assert torch.equal(canvas.crop(placed), x)  # crop undoes place
+    # centred: the padding on either side differs by at most one pixel
+    rows = (placed[0, 0] != -1).any(1).nonzero()[:, 0]
+    top, bottom = int(rows[0]), image_size - 1 - int(rows[-1])
+    assert abs(top - bottom) <= 1
+    assert int((placed == -1).sum()) == 2 * 3 * (image_size**2 - content[0] * content[1])
 
 
 def test_resize_validation():
@@ -177,5 +188,5 @@ def test_resize_validation():
         resize_slices(np.zeros((4, 4)), (2, 2))
     with pytest.raises(InputError, match="size"):
         resize_slices(np.zeros((1, 1, 4, 4)), (0, 2))
-    with pytest.raises(InputError, match="divisor"):
-        model_size_for(10, 10, 32, 0)
+    with pytest.raises(InputError, match="image_size"):
+        square_canvas(10, 10, 0)
