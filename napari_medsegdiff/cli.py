@@ -37,6 +37,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _add_segment(sub) -> None:
     """The ``segment`` subcommand's arguments."""
     seg = sub.add_parser(
@@ -155,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=_positive_int, default=2000)
     tr.add_argument("--batch-size", type=_positive_int, default=8)
     tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument(
+        "--lr-final",
+        type=float,
+        default=None,
+        help="decay the learning rate to this over the steps (cosine; default: constant)",
+    )
     tr.add_argument("--image-size", type=_positive_int, default=None)
     tr.add_argument(
         "--context",
@@ -179,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last")
     tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument(
+        "--invert",
+        type=_probability,
+        default=0.0,
+        help="probability of a T2-like contrast inversion per training slice (default 0)",
+    )
+    tr.add_argument(
+        "--window",
+        type=_probability,
+        default=0.0,
+        help="probability of a random CT-like display window per training slice (default 0)",
+    )
 
     ft = sub.add_parser("finetune", help="fine-tune a model on corrected labels")
     ft.add_argument("--model", default=None, help="base model (default: the shipped default)")

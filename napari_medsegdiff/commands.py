@@ -180,6 +180,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.augment import AugmentConfig
     from napari_medsegdiff.config import TrainConfig, preset
     from napari_medsegdiff.data import load_layout, split_holdout
     from napari_medsegdiff.devices import choose_device
@@ -208,6 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_final=args.lr_final,
             val_every=args.val_every,
             save_every=args.val_every,
             seed=args.seed,
@@ -233,6 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
             device=device or choose_device(args.device),
             resume=args.resume,
             meta={"data": str(args.data), "layout": args.layout},
+            augment=AugmentConfig(invert=args.invert, window=args.window),
             on_progress=on_progress,
             log=lambda m: print(m, file=sys.stderr),
         )

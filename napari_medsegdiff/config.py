@@ -296,6 +296,12 @@ class TrainConfig:
                 )
         if not self.lr > 0:
             raise InputError(f"learning rate must be positive, got {self.lr!r}", argument="lr")
+        if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
+            raise InputError(
+                f"final learning rate must be between 0 and the learning rate {self.lr:g}, "
+                f"got {self.lr_final!r}",
+                argument="lr_final",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -134,6 +134,7 @@ def test_train_segment_evaluate(tmp_path, capsys):
         (["segment", "a.nii.gz", "-o", "x.nii.gz", "--sampler", "euler"], "euler"),
         (["train", "--data", "nowhere", "--out", "m"], "--data: nowhere"),
         (["train", "--data", ".", "--out", "m", "--context", "9"], "context must be 0..4"),
+        (["train", "--data", ".", "--out", "m", "--invert", "2"], "--invert"),
         (["evaluate", "--pred", "p.nii.gz", "--truth", "t.nii.gz"], "p.nii.gz"),
     ],
 )
@@ -168,3 +169,21 @@ def test_train_with_context_records_it_and_segments(tmp_path):
     argv = ["segment", str(scan), "-o", str(pred), "--model", str(out), "--steps", "1"]
     assert main([*argv, "--ensemble", "1", "--device", "cpu"]) == 0
     assert nib.load(pred).shape == nib.load(scan).shape
+
+
+def test_train_with_robustness_augmentations_and_decay(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(2):
+        _write_case(data, f"case{i}", seed=i)
+    argv = ["train", "--data", str(data), "--preset", "tiny", "--device", "cpu"]
+    argv += ["--steps", "3", "--batch-size", "2", "--val-every", "3", "--lr", "1e-3"]
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--lr-final", "0.1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--lr-final: final learning rate must be between 0 and" in err.splitlines()[-1]
+    out = tmp_path / "model"
+    extra = ["--lr-final", "1e-5", "--invert", "0.5", "--window", "0.5"]
+    assert main([*argv, "--out", str(out), *extra]) == 0
+    state = json.loads((out / "last" / "training_state.json").read_text(encoding="utf-8"))
+    assert state["train_config"]["lr_final"] == 1e-5
+    (group,) = state["optimizer"]["param_groups"]
+    assert group["lr"] == pytest.approx(1e-5)  # the cosine reached its floor at the last step
