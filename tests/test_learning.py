@@ -76,3 +76,21 @@ def test_variance_is_zero_where_members_agree_and_positive_where_they_differ(
         truth, iterations=2
     )
     assert result.variance[ring].mean() > result.variance[~ring].mean()
+
+
+def test_segmenter_places_slices_as_training_does(segmenter):
+    """A non-square slice reaches the network exactly as training placed it (aspect kept,
+    centred on the square canvas, padded with the background level)."""
+    import torch
+
+    from napari_medsegdiff.data import fit_to_square
+
+    vol = np.random.default_rng(0).random((3, 20, 40)).astype(np.float32)
+    images = segmenter.prepare(vol)
+    canvas = segmenter.canvas(20, 40)
+    assert canvas.shape == (32, 32) and (canvas.height, canvas.width) == (16, 32)
+    got = segmenter.model_input(images, [0, 2], canvas)
+    want, _ = fit_to_square(images[[0, 2]], np.zeros((2, 20, 40), np.int64), 32)
+    assert torch.equal(got.cpu(), want)
+    (result,) = segmenter.segment_slices(images, [1], sampler=SamplerConfig(steps=1, ensemble=2))
+    assert result.mask.shape == (20, 40) and result.probability.shape[-2:] == (20, 40)
