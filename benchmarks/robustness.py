@@ -6,7 +6,7 @@ Each model segments the held-out slices recorded in the (first) model's config.j
 the T1 sample and in contrasts built from it: T2-like (intensities inverted inside the
 head, bias field, noise), gamma 2.5 + strong bias field, and a narrow CT-like display
 window (the T1 clipped to its 40th-90th head percentiles). Printed: mean GM/WM Dice per
-contrast at each model's recommended sampler. A model that starts closer on a new
+contrast, every model at the first model's recommended sampler. A model that starts closer on a new
 contrast needs fewer corrected slices to adapt (benchmarks/finetune.py).
 """
 
@@ -45,9 +45,10 @@ def contrasts() -> dict[str, np.ndarray]:
     }
 
 
-def mean_dice(seg: Segmenter, image: np.ndarray, labels: np.ndarray, slices: list[int]) -> float:
-    """Mean GM/WM Dice pooled over ``slices`` at the model's recommended sampler."""
-    sampler = SamplerConfig(**recommended_sampler(seg.info.meta))
+def mean_dice(
+    seg: Segmenter, image: np.ndarray, labels: np.ndarray, slices: list[int], sampler
+) -> float:
+    """Mean GM/WM Dice pooled over ``slices``."""
     pred = np.stack([r.mask for r in seg.segment_volume(image, slices=slices, sampler=sampler)])
     truth = labels[slices]
     return float(np.mean([dice(pred == k, truth == k) for k in CLASSES]))
@@ -62,15 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     folders = [resolve_model(m) for m in (args.model or [None])]
     meta = json.loads((folders[0] / "config.json").read_text(encoding="utf-8"))
+    sampler = SamplerConfig(**recommended_sampler(meta))
     start, stop = meta["holdout_slices"]
     held = list(range(start, stop))
     _, labels = sample()
     volumes = contrasts()
-    print(f"held-out slices {start}:{stop}; mean GM/WM Dice, no fine-tuning")
+    print(
+        f"held-out slices {start}:{stop}; mean GM/WM Dice, no fine-tuning; every model at "
+        f"the first one's sampler ({sampler.steps} steps x ensemble {sampler.ensemble})"
+    )
     print(f"{'model':<40} " + " ".join(f"{name:>17}" for name in volumes))
     for folder in folders:
         seg = Segmenter.load(folder, "cpu")
-        cells = [mean_dice(seg, vol, labels, held) for vol in volumes.values()]
+        cells = [mean_dice(seg, vol, labels, held, sampler) for vol in volumes.values()]
         print(f"{str(folder)[-40:]:<40} " + " ".join(f"{c:17.3f}" for c in cells))
     return 0
 
