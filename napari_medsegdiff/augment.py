@@ -106,13 +106,13 @@ def head_mask(image: torch.Tensor, radius: int = 4) -> torch.Tensor:
 def invert_contrast(image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """T2-like: invert intensities inside the head of the ``chosen`` (N,) bool slices.
 
-    Inside the head ``x -> top - x + offset`` (offset 0-0.3 of the range, so the darkest
+    Inside the head ``x -> offset - x`` (offset 0-0.3 of the range, so the darkest
     tissue does not fall to the background level); outside stays as it was.
     """
     n = image.shape[0]
     inside = head_mask(image)
     offset = _uniform(n, 0.0, 0.6, g).view(-1, 1, 1, 1).to(image.device)
-    flipped = torch.where(inside > 0, (1.0 - image) - 1.0 + offset, image)
+    flipped = torch.where(inside > 0, offset - image, image)
     return torch.where(chosen.view(-1, 1, 1, 1).to(image.device), flipped, image)
 
 
