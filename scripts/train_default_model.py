@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=0.0, help="P(CT-like window)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--version", default="v2")
+    parser.add_argument("--base-channels", type=int, default=None, help="mask branch width")
+    parser.add_argument("--cond-channels", type=int, default=None, help="condition width")
     parser.add_argument("--prediction", default="v_prediction", help="epsilon | v_prediction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context", type=int, default=0, help="2.5-D neighbours per side")
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-steps", type=int, default=2, help="sampler steps in validation")
     parser.add_argument("--install", action="store_true", help="copy into the package")
     args = parser.parse_args(argv)
+    if args.init and (args.base_channels or args.cond_channels):
+        parser.error("--base-channels/--cond-channels: the widths of --init's model are kept")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -131,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
             prediction=args.prediction,
             context=args.context,
+            **{
+                name: value
+                for name, value in (
+                    ("base_channels", args.base_channels),
+                    ("cond_channels", args.cond_channels),
+                )
+                if value is not None
+            },
         )
     tcfg = TrainConfig(
         steps=args.steps,
