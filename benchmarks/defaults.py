@@ -12,10 +12,7 @@ model's recommended ``sampler`` settings in its config.json (weights untouched).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +21,17 @@ from quality import CLASSES, auroc, load_heldout
 from napari_medsegdiff.checkpoints import resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.metrics import dice
+from napari_medsegdiff.sampler_defaults import (
+    ENSEMBLES,
+    MIN_ENSEMBLE,
+    REFERENCE,
+    STEPS,
+    TOLERANCE,
+    SamplerChoice,
+    cheapest_within,
+    write_sampler,
+)
 from napari_medsegdiff.segmenter import Segmenter
-
-STEPS = (2, 3, 5, 10, 20)
-ENSEMBLES = (1, 2, 3, 5, 10)
-REFERENCE = (50, 10)
 
 
 def mean_dice(seg: Segmenter, image, labels, slices, steps: int, ensemble: int) -> float:
@@ -54,12 +57,12 @@ def variance_auroc(seg: Segmenter, image, labels, slices, steps: int, ensemble: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--tolerance", type=float, default=0.005)
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
     parser.add_argument(
         "--min-ensemble",
         type=int,
-        default=3,
-        help="the uncertainty layer needs several samples (default 3)",
+        default=MIN_ENSEMBLE,
+        help=f"the uncertainty layer needs several samples (default {MIN_ENSEMBLE})",
     )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="store the winner in config.json")
@@ -84,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             table[(steps, ensemble)] = mean_dice(seg, image, labels, subset, steps, ensemble)
             cells.append(f"{table[(steps, ensemble)]:7.4f}")
         print(f"{steps:>16d} " + " ".join(cells), flush=True)
-    good = [
-        k for k, v in table.items() if v >= reference - args.tolerance and k[1] >= args.min_ensemble
-    ]
-    best = min(good, key=lambda k: (k[0] * k[1], k[0])) if good else REFERENCE
+    best = cheapest_within(table, reference, args.tolerance, args.min_ensemble)
     print(
         f"cheapest with ensemble >= {args.min_ensemble} within {args.tolerance} of the "
         f"reference: {best[0]} steps x ensemble "
@@ -98,18 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         value = variance_auroc(seg, image, labels, subset, steps, ensemble)
         print(f"variance flags errors at {steps} x {ensemble}: AUROC {value:.3f}")
     if args.write:
-        path = Path(model_dir) / "config.json"
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        meta["sampler"] = {"steps": best[0], "ensemble": best[1], "seed": 0}
-        meta["sampler_measured"] = {
-            "by": "benchmarks/defaults.py",
-            "reference": {"steps": REFERENCE[0], "ensemble": REFERENCE[1], "dice": reference},
-            "dice": table.get(best, reference),
-            "tolerance": args.tolerance,
-        }
-        tmp = path.with_name(".config.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        choice = SamplerChoice(
+            best[0], best[1], table.get(best, reference), reference, args.tolerance, table
+        )
+        path = write_sampler(model_dir, choice, by="benchmarks/defaults.py")
         print(f"wrote the recommended sampler settings to {path}")
     return 0
 

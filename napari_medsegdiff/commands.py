@@ -184,7 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_medsegdiff.config import TrainConfig, preset
     from napari_medsegdiff.data import load_layout, split_holdout
     from napari_medsegdiff.devices import choose_device
-    from napari_medsegdiff.distributed import distributed_session
+    from napari_medsegdiff.distributed import distributed_session, is_main_process
     from napari_medsegdiff.training import train
 
     overrides = {
@@ -216,6 +216,16 @@ def run_train(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
         )
         train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
+        if args.choose_sampler and not val_idx:
+            why = (
+                f"--val-fraction is {args.val_fraction}"
+                if args.val_fraction <= 0
+                else f"{len(data)} slices found, at least 3 needed"
+            )
+            raise InputError(
+                f"--choose-sampler: needs validation slices to measure on ({why})",
+                argument="choose_sampler",
+            )
         bar = _tqdm_or_none(args.steps, "train", True, unit="step")
 
         def on_progress(p) -> None:
@@ -241,9 +251,24 @@ def run_train(args: argparse.Namespace) -> int:
         )
         if bar is not None:
             bar.close()
+        measure_here = args.choose_sampler and is_main_process()
+    if measure_here:  # one process, after the others have left the session
+        _choose_sampler(result.best, data.subset(val_idx), choose_device(args.device))
     dice = f", best validation Dice {result.best_dice:.3f}" if result.best_dice is not None else ""
     _echo(f"trained {result.steps_done} steps -> {result.best}{dice}")
     return 0
+
+
+def _choose_sampler(model_dir: Path, val, device) -> None:
+    """Measure and record the trained model's default sampler on its validation slices."""
+    from napari_medsegdiff.checkpoints import load_model
+    from napari_medsegdiff.sampler_defaults import choose_sampler, validation_score, write_sampler
+
+    model, info = load_model(model_dir, device)
+    choice = choose_sampler(
+        validation_score(model, info.config, val), log=lambda m: print(m, file=sys.stderr)
+    )
+    write_sampler(model_dir, choice, by="medsegdiff train --choose-sampler")
 
 
 def run_finetune(args: argparse.Namespace) -> int:
