@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.jobs import segment_files
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_medsegdiff.data import SliceSet
 
 
 def _echo(message: str) -> None:
@@ -259,7 +265,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _choose_sampler(model_dir: Path, val, device) -> None:
+def _choose_sampler(model_dir: Path, val: SliceSet, device: torch.device) -> None:
     """Measure and record the trained model's default sampler on its validation slices."""
     from napari_medsegdiff.checkpoints import load_model
     from napari_medsegdiff.sampler_defaults import choose_sampler, validation_score, write_sampler
