@@ -6,8 +6,8 @@ Each model segments the held-out slices recorded in the (first) model's config.j
 the T1 sample and in contrasts built from it: T2-like (intensities inverted inside the
 head, bias field, noise), gamma 2.5 + strong bias field, and a narrow CT-like display
 window (the T1 clipped to its 40th-90th head percentiles). Printed: mean GM/WM Dice per
-contrast, every model at the first model's recommended sampler. A model that starts closer on a new
-contrast needs fewer corrected slices to adapt (benchmarks/finetune.py).
+contrast, every model at the first model's recommended sampler. A model that starts closer
+on a new contrast needs fewer corrected slices to adapt (benchmarks/finetune.py).
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def contrasts() -> dict[str, np.ndarray]:
 
 
 def mean_dice(
-    seg: Segmenter, image: np.ndarray, labels: np.ndarray, slices: list[int], sampler
+    seg: Segmenter,
+    image: np.ndarray,
+    labels: np.ndarray,
+    slices: list[int],
+    sampler: SamplerConfig,
 ) -> float:
     """Mean GM/WM Dice pooled over ``slices``."""
     pred = np.stack([r.mask for r in seg.segment_volume(image, slices=slices, sampler=sampler)])

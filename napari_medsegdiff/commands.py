@@ -222,7 +222,8 @@ def run_train(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
         )
         train_idx, val_idx = split_holdout(len(data), args.val_fraction, args.seed)
-        if args.choose_sampler and not val_idx:
+        val = data.subset(val_idx) if val_idx else None
+        if args.choose_sampler and val is None:
             why = (
                 f"--val-fraction is {args.val_fraction}"
                 if args.val_fraction <= 0
@@ -247,7 +248,7 @@ def run_train(args: argparse.Namespace) -> int:
             tcfg,
             data.subset(train_idx),
             args.out,
-            val=data.subset(val_idx) if val_idx else None,
+            val=val,
             device=device or choose_device(args.device),
             resume=args.resume,
             meta={"data": str(args.data), "layout": args.layout},
@@ -259,7 +260,7 @@ def run_train(args: argparse.Namespace) -> int:
             bar.close()
         measure_here = args.choose_sampler and is_main_process()
     if measure_here:  # one process, after the others have left the session
-        _choose_sampler(result.best, data.subset(val_idx), choose_device(args.device))
+        _choose_sampler(result.best, val, choose_device(args.device))
     dice = f", best validation Dice {result.best_dice:.3f}" if result.best_dice is not None else ""
     _echo(f"trained {result.steps_done} steps -> {result.best}{dice}")
     return 0

@@ -27,6 +27,15 @@ def _write_case(folder, name, seed, affine=None):
     return folder / "images" / f"{name}.nii.gz", folder / "labels" / f"{name}.nii.gz"
 
 
+def tiny_train_argv(tmp_path, cases: int, steps: int, batch: int) -> list[str]:
+    """``train`` argv (no --out) on ``cases`` generated NIfTI cases: tiny preset, CPU."""
+    data = tmp_path / "data"
+    for i in range(cases):
+        _write_case(data, f"case{i}", seed=i)
+    argv = ["train", "--data", str(data), "--preset", "tiny", "--device", "cpu"]
+    return [*argv, "--steps", str(steps), "--batch-size", str(batch), "--val-every", str(steps)]
+
+
 @pytest.mark.slow
 def test_train_segment_evaluate(tmp_path, capsys):
     data = tmp_path / "data"
@@ -155,28 +164,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, argv, needle):
 
 
 def test_train_with_context_records_it_and_segments(tmp_path):
-    data = tmp_path / "data"
-    for i in range(2):
-        _write_case(data, f"case{i}", seed=i)
     out = tmp_path / "model"
-    argv = ["train", "--data", str(data), "--out", str(out), "--preset", "tiny"]
-    argv += ["--steps", "2", "--batch-size", "2", "--val-every", "2", "--device", "cpu"]
+    argv = [*tiny_train_argv(tmp_path, cases=2, steps=2, batch=2), "--out", str(out)]
     assert main([*argv, "--context", "1"]) == 0
     config = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
     assert config["model"]["context"] == 1 and config["model"]["in_channels"] == 1
     pred = tmp_path / "pred.nii.gz"
-    scan = data / "images" / "case0.nii.gz"
+    scan = tmp_path / "data" / "images" / "case0.nii.gz"
     argv = ["segment", str(scan), "-o", str(pred), "--model", str(out), "--steps", "1"]
     assert main([*argv, "--ensemble", "1", "--device", "cpu"]) == 0
     assert nib.load(pred).shape == nib.load(scan).shape
 
 
 def test_train_with_robustness_augmentations_and_decay(tmp_path, capsys):
-    data = tmp_path / "data"
-    for i in range(2):
-        _write_case(data, f"case{i}", seed=i)
-    argv = ["train", "--data", str(data), "--preset", "tiny", "--device", "cpu"]
-    argv += ["--steps", "3", "--batch-size", "2", "--val-every", "3", "--lr", "1e-3"]
+    argv = [*tiny_train_argv(tmp_path, cases=2, steps=3, batch=2), "--lr", "1e-3"]
     assert main([*argv, "--out", str(tmp_path / "bad"), "--lr-final", "0.1"]) != 0
     err = capsys.readouterr().err.strip()
     assert "--lr-final: final learning rate must be between 0 and" in err.splitlines()[-1]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_cli import _write_case
+from test_cli import tiny_train_argv
 
 from napari_medsegdiff.checkpoints import WEIGHTS, recommended_sampler, save_model
 from napari_medsegdiff.cli import main
@@ -68,12 +68,8 @@ def test_write_sampler_records_the_choice_and_keeps_the_weights(tmp_path):
 @pytest.mark.slow
 def test_train_choose_sampler_records_measured_defaults(tmp_path, capsys):
     torch.manual_seed(0)
-    data = tmp_path / "data"
-    for i in range(3):
-        _write_case(data, f"case{i}", seed=i)
     out = tmp_path / "model"
-    argv = ["train", "--data", str(data), "--out", str(out), "--preset", "tiny"]
-    argv += ["--steps", "4", "--batch-size", "4", "--val-every", "4", "--device", "cpu"]
+    argv = [*tiny_train_argv(tmp_path, cases=3, steps=4, batch=4), "--out", str(out)]
     argv += ["--val-fraction", "0.2", "--lr", "1e-3"]
     assert main([*argv, "--choose-sampler"]) == 0
     meta = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
