@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_medsegdiff import __version__
@@ -305,13 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(command: str):
+    """A ``warnings.showwarning`` that prints ``medsegdiff CMD: warning: MESSAGE``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"medsegdiff {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from napari_medsegdiff import commands
 
     handler = getattr(commands, f"run_{args.command}")
     try:
-        return int(handler(args) or 0)
+        with warnings.catch_warnings():  # a user-facing warning: one line, no source code
+            warnings.showwarning = _warning_line(args.command)
+            return int(handler(args) or 0)
     except Cancelled:
         print("medsegdiff: cancelled", file=sys.stderr)
         return 130

@@ -291,16 +291,17 @@ class Segmenter:
             share.restore()
 
     def empty_slices(self, images: np.ndarray, indices: Sequence[int]) -> set[int]:
-        """Indices whose prepared slice (C, H, W) holds less than ``TISSUE_FRACTION`` tissue."""
-        return {
-            int(i)
-            for i in indices
-            if not foreground_slices(
-                np.moveaxis(np.asarray(images[int(i) : int(i) + 1]), 1, -1),
-                TISSUE_FRACTION,
-                normalized=True,
-            )
-        }
+        """Indices whose prepared slice (C, H, W) holds less than ``TISSUE_FRACTION`` tissue
+        or no contrast at all (every pixel the same value, e.g. a blank or constant scan)."""
+        empty = set()
+        for i in indices:
+            image = np.asarray(images[int(i) : int(i) + 1])
+            uniform = bool(np.all(image == image.reshape(-1)[0]))
+            if uniform or not foreground_slices(
+                np.moveaxis(image, 1, -1), TISSUE_FRACTION, normalized=True
+            ):
+                empty.add(int(i))
+        return empty
 
     def _empty_result(self, index: int, size: tuple[int, int], members: int) -> SliceResult:
         """Background, certain: what a slice without tissue gets without sampling."""

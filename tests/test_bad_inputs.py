@@ -649,8 +649,8 @@ def _reader_negative(ctx: Ctx) -> str:
 
 def _constant(ctx: Ctx) -> str:
     result = list(ctx.segmenter.segment_volume(np.full((2, 8, 8), 7.0), sampler=_fast()))
-    assert len(result) == 2
-    return "normalised to all zeros, segmented"
+    assert len(result) == 2 and all(r.skipped and not r.mask.any() for r in result)
+    return "no contrast: background, not sampled"
 
 
 def _two_d_image(ctx: Ctx) -> str:

@@ -135,3 +135,30 @@ def test_train_progress_counts_steps(tmp_path, capsys):
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "step" in err and "slice/s" not in err
+
+
+def test_a_channel_mismatch_names_the_files(tmp_path, tiny_model, capsys):
+    # a 4-D file (e.g. a time series) is read as channels; a 1-channel model refuses it
+    # with one line that names the file, before any slice is sampled
+    scan, _ = _scan(tmp_path / "scan.nii.gz")
+    data = np.asarray(nib.load(scan).dataobj)
+    four_d = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([data, data], -1), np.eye(4)), four_d)
+    argv = ["segment", str(four_d), "-o", str(tmp_path / "m.nii.gz"), "--model", str(tiny_model)]
+    assert main([*argv, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "series.nii.gz: 2 channel(s), but model" in err[0], err
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_warning_is_one_line_without_source_code(tmp_path, tiny_model, capsys):
+    scan, _ = _scan(tmp_path / "holes.nii.gz")
+    img = nib.load(scan)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[0, 0, :3] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), scan)
+    argv = ["segment", str(scan), "-o", str(tmp_path / "m.nii.gz"), "--model", str(tiny_model)]
+    assert main([*argv, *FAST]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1, err
+    assert err[0].startswith("medsegdiff segment: warning: holes.nii.gz: 3 NaN/Inf voxel(s)")

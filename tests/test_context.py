@@ -115,6 +115,16 @@ def test_slices_without_tissue_are_skipped_in_order(trained_tiny, tmp_path):
     assert not any(r.skipped for r in every)
 
 
+@pytest.mark.parametrize("value", [0.0, 7.0])
+def test_a_blank_or_constant_scan_is_background_not_sampled(trained_tiny, value):
+    # normalisation maps a constant volume to mid-grey; without a contrast test the model
+    # would be asked to find tissue in it (and the shipped one does: ~15 % GM/WM)
+    seg = Segmenter.load(trained_tiny["path"], "cpu")
+    results = list(seg.segment_volume(np.full((3, 32, 32), value, np.float32)))
+    assert [r.skipped for r in results] == [True, True, True]
+    assert not any(r.mask.any() or r.variance.any() for r in results)
+
+
 def test_a_context_model_folder_round_trips(tmp_path, rng):
     cfg = preset("tiny", context=2)
     save_model(tmp_path / "m", build_model(cfg).state_dict(), cfg)
