@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +171,14 @@ def finetune_files(
             f"{labels_path}: negative label value {labels.min()}; "
             "labels are 0 (background), 1, 2, ..."
         )
+    if slices is not None:
+        blank = [s for s in slices if 0 <= s < labels.shape[0] and not labels[s].any()]
+        if blank:
+            warnings.warn(
+                f"{Path(labels_path).name}: slice(s) {', '.join(map(str, blank))} hold no "
+                "label; fine-tuning teaches them as all background",
+                stacklevel=2,
+            )
     proposal = None
     if proposal_path:
         proposal = np.rint(read_volume(proposal_path).data).astype(np.int64)

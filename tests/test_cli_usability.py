@@ -162,3 +162,18 @@ def test_a_warning_is_one_line_without_source_code(tmp_path, tiny_model, capsys)
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(err) == 1, err
     assert err[0].startswith("medsegdiff segment: warning: holes.nii.gz: 3 NaN/Inf voxel(s)")
+
+
+def test_finetuning_on_a_blank_labels_slice_warns(tmp_path, tiny_model, capsys):
+    # e.g. the corrections were never saved into the labels file: say so, still run
+    scan, labels = _scan(tmp_path / "scan.nii.gz")
+    blank = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.uint8), labels.affine), blank)
+    argv = ["finetune", "--model", str(tiny_model), "--image", str(scan), "--labels", str(blank)]
+    argv += ["--slices", "1,2", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "m")]
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == [
+        "medsegdiff finetune: warning: labels.nii.gz: slice(s) 1, 2 hold no label; "
+        "fine-tuning teaches them as all background"
+    ], err
