@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from napari_medsegdiff.checkpoints import recommended_sampler, resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.evaluate import evaluate_paths
-from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.nifti import read_labels, read_volume
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter
 
@@ -43,7 +43,7 @@ def load_heldout(model_dir: Path) -> tuple[np.ndarray, np.ndarray, list[int], tu
     start, stop = meta.get("holdout_slices", [0, 0])
     t1, tissue = sample_paths()
     vol = read_volume(t1)
-    labels = np.rint(read_volume(tissue).data).astype(np.int64)
+    labels = read_labels(tissue).data
     return vol.data, labels, list(range(start, stop)), vol.geometry.spacing
 
 

@@ -24,7 +24,7 @@ from napari_medsegdiff.checkpoints import recommended_sampler, resolve_model
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.model import build_model
-from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.nifti import read_labels, read_volume
 from napari_medsegdiff.preprocessing import resize_probabilities, square_canvas
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.segmenter import Segmenter
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     start, stop = meta["holdout_slices"]
     t1, tissue = sample_paths()
-    labels = np.rint(read_volume(tissue).data).astype(np.int64)[start:stop]
+    labels = read_labels(tissue).data[start:stop]
     seg = Segmenter.load(folder, "cpu")
     cfg = seg.config
     sampler = SamplerConfig(**recommended_sampler(seg.info.meta))

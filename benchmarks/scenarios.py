@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.nifti import read_labels, read_volume
 from napari_medsegdiff.sample import sample_paths
 
 VENTRICLES = 3
@@ -34,7 +34,7 @@ class Scenario:
 def sample() -> tuple[np.ndarray, np.ndarray]:
     """The ICBM152 T1 (z, y, x) and its GM (1) / WM (2) labels."""
     t1, tissue = sample_paths()
-    return read_volume(t1).data, np.rint(read_volume(tissue).data).astype(np.int64)
+    return read_volume(t1).data, read_labels(tissue).data
 
 
 def lateral_ventricles(image: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -145,7 +145,7 @@ def _find_partner(
 
 def load_nifti_folder(root: Path, size: int, context: int = 0) -> SliceSet:
     """``root/images/*.nii.gz`` with ``root/labels/<same name>``."""
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels, read_volume
 
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir() or not lab_dir.is_dir():
@@ -160,11 +160,11 @@ def load_nifti_folder(root: Path, size: int, context: int = 0) -> SliceSet:
         partner = _find_partner(lab_dir, name_stem(path), NIFTI_SUFFIXES)
         if partner is None:
             raise InputError(f"{path}: no label file with the same name in {lab_dir}")
-        vol, lab = read_volume(path), read_volume(partner)
+        vol, lab = read_volume(path), read_labels(partner)
         sets.append(
             slices_from_volume(
                 vol.data,
-                np.rint(lab.data).astype(np.int64),
+                lab.data,
                 size,
                 name=path.name,
                 context=context,
@@ -235,7 +235,7 @@ def load_brats_folder(
     root: Path, size: int, multiclass: bool = False, context: int = 0
 ) -> SliceSet:
     """BraTS cases: ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; 4 channels."""
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels, read_volume
 
     cases = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     sets = []
@@ -251,7 +251,7 @@ def load_brats_folder(
                 raise InputError(f"{case}: missing the {mod} file (layout brats)")
             paths.append(found[0])
         vol = read_volume(paths[:4])
-        seg = np.rint(read_volume(paths[4]).data).astype(np.int64)
+        seg = read_labels(paths[4]).data
         if multiclass:
             seg = np.select([seg == 1, seg == 2, seg == 4, seg == 3], [1, 2, 3, 3], 0)
         else:
@@ -299,7 +299,7 @@ def replay_slices(
     size: int, channels: int, classes: int, count: int = 16, seed: int = 0, context: int = 0
 ) -> SliceSet:
     """Slices of the shipped sample scan (the default model's training data) for replay."""
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels, read_volume
     from napari_medsegdiff.sample import sample_paths
 
     if channels != 1:
@@ -308,7 +308,7 @@ def replay_slices(
             argument="replay",
         )
     t1, tissue = sample_paths()
-    image, labels = read_volume(t1), np.rint(read_volume(tissue).data).astype(np.int64)
+    image, labels = read_volume(t1), read_labels(tissue).data
     if classes == 2:
         labels = (labels > 0).astype(np.int64)
     fg = [i for i in range(labels.shape[0]) if labels[i].any()]

@@ -40,7 +40,7 @@ def run_headless_demo(
     """
     from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.metrics import dice
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels
     from napari_medsegdiff.sample import sample_paths
     from napari_medsegdiff.segmenter import parse_slices
 
@@ -50,7 +50,7 @@ def run_headless_demo(
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     mask_path, var_path = out / "icbm152_t1_mask.nii.gz", out / "icbm152_t1_variance.nii.gz"
-    reference = np.rint(read_volume(tissue).data).astype(np.int64)
+    reference = read_labels(tissue).data
     spec = slices or default_demo_slices(reference.shape[0])
     info = segment_files(
         [str(t1)],
@@ -62,7 +62,7 @@ def run_headless_demo(
         device=device,
         overwrite=True,  # the demo's own files in its own folder: replaced on every run
     )
-    pred = np.rint(read_volume(mask_path).data).astype(np.int64)
+    pred = read_labels(mask_path).data
     idx = parse_slices(spec, reference.shape[0])
     scores = {name: dice(pred[idx] == k, reference[idx] == k) for k, name in CLASS_NAMES.items()}
     mean = float(np.mean(list(scores.values())))

@@ -28,7 +28,7 @@ import numpy as np
 
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.metrics import METRIC_KEYS, finite_mean, json_number, summarize
-from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.nifti import read_volume, whole_labels
 from napari_medsegdiff.paths import is_nifti_path, list_nifti_files, nifti_stem
 
 
@@ -57,9 +57,7 @@ def _load_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise InputError(f"{path}: expected a 3-D label volume, got shape {volume.data.shape}")
     geometry = volume.geometry
     data = geometry.to_source(volume.data)  # the file's (i, j, k) order, as written
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: label volume contains NaN or Inf")
-    labels = np.rint(data).astype(np.int64) if data.dtype.kind == "f" else data.astype(np.int64)
+    labels = whole_labels(data, str(path))
     zooms = np.sqrt((np.asarray(geometry.affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
     spacing = tuple(float(z) for z in zooms)
     if not all(s > 0 for s in spacing):
@@ -73,12 +71,12 @@ def _jsonify(metrics: dict[str, float]) -> dict[str, float | None]:
 
 def _load_display_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """Labels in the displayed (napari) axis order, where ``--slices`` counts, and spacing."""
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels
 
-    volume = read_volume(path)
+    volume = read_labels(path)
     if volume.data.ndim != 3:
         raise InputError(f"{path}: expected a 3-D label volume, got shape {volume.data.shape}")
-    return np.rint(volume.data).astype(np.int64), tuple(volume.spacing)
+    return volume.data, tuple(volume.spacing)
 
 
 def evaluate_case(

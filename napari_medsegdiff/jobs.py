@@ -155,17 +155,16 @@ def finetune_files(
 ) -> FinetuneResult:
     """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
     labels (+ proposal), fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
-    import numpy as np
 
     from napari_medsegdiff.finetune import finetune
     from napari_medsegdiff.inputs import read_scan
-    from napari_medsegdiff.nifti import read_volume
+    from napari_medsegdiff.nifti import read_labels
 
     volume = read_scan(list(image_paths), series=series)
-    labels_vol = read_volume(labels_path)
+    labels_vol = read_labels(labels_path)
     if not volume.geometry.same_space(labels_vol.geometry):
         raise InputError(f"{labels_path}: not in the same space (shape/affine) as {image_paths[0]}")
-    labels = np.rint(labels_vol.data).astype(np.int64)
+    labels = labels_vol.data
     if labels.size and labels.min() < 0:
         raise InputError(
             f"{labels_path}: negative label value {labels.min()}; "
@@ -181,7 +180,7 @@ def finetune_files(
             )
     proposal = None
     if proposal_path:
-        proposal = np.rint(read_volume(proposal_path).data).astype(np.int64)
+        proposal = read_labels(proposal_path).data
     if slices is None and proposal is None:
         raise InputError(
             "say which slices were corrected, or give the proposal they were corrected from",

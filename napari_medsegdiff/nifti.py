@@ -15,6 +15,7 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 MAX_VOXELS = 2**31
+#: How far a stored label value may sit from a whole number (scaled integer files).
+LABEL_TOLERANCE = 1e-3
 """Refuse files that declare more voxels than this (before allocating anything)."""
 _MAX_GZIP_RATIO = 1100  # DEFLATE cannot expand more than ~1032:1
 _READ_ERRORS = (
@@ -248,6 +251,30 @@ def read_volume(
     else:
         source = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=3)
     return Volume(geometry.to_display(source), geometry, tuple(paths), nonfinite)
+
+
+def whole_labels(data: np.ndarray, name: str) -> np.ndarray:
+    """Label values as int64. Refuses values that are not whole numbers (a probability
+    map, or a mask resampled with interpolation) and NaN/Inf, naming ``name``."""
+    arr = np.asarray(data)
+    if arr.dtype.kind != "f":
+        return arr.astype(np.int64)
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name}: label volume contains NaN or Inf")
+    rounded = np.rint(arr)
+    off = np.abs(arr - rounded) > LABEL_TOLERANCE
+    if off.any():
+        raise InputError(
+            f"{name}: label values must be whole numbers (0 background, 1, 2, ...), found "
+            f"{arr[off].flat[0]:.3g}; is it a probability map or an interpolated mask?"
+        )
+    return rounded.astype(np.int64)
+
+
+def read_labels(path: PathLike) -> Volume:
+    """Read a label file like :func:`read_volume`; ``data`` is int64 (z, y, x[, c])."""
+    volume = read_volume(path)
+    return replace(volume, data=whole_labels(volume.data, pathlib.Path(path).name))
 
 
 # --- writing ---------------------------------------------------------------------------

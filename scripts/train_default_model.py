@@ -29,7 +29,7 @@ from napari_medsegdiff.checkpoints import CONFIG, WEIGHTS, default_model_path, l
 from napari_medsegdiff.config import TrainConfig, preset
 from napari_medsegdiff.data import slices_from_volume
 from napari_medsegdiff.model import build_model
-from napari_medsegdiff.nifti import read_volume
+from napari_medsegdiff.nifti import read_labels, read_volume
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.training import train
@@ -66,7 +66,7 @@ def load_sample() -> tuple[np.ndarray, np.ndarray]:
     """Normalised T1 (z, y, x) and tissue labels (z, y, x) in display order."""
     t1, tissue = sample_paths()
     image = normalize_intensity(read_volume(t1).data)
-    labels = np.rint(read_volume(tissue).data).astype(np.int64)
+    labels = read_labels(tissue).data
     return image, labels
 
 

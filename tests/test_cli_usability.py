@@ -177,3 +177,20 @@ def test_finetuning_on_a_blank_labels_slice_warns(tmp_path, tiny_model, capsys):
         "medsegdiff finetune: warning: labels.nii.gz: slice(s) 1, 2 hold no label; "
         "fine-tuning teaches them as all background"
     ], err
+
+
+def test_a_probability_map_given_as_labels_is_refused(tmp_path, tiny_model, capsys):
+    # np.rint would have turned P(foreground) into a mask without a word
+    scan, labels = _scan(tmp_path / "scan.nii.gz")
+    soft = tmp_path / "probability.nii.gz"
+    values = np.asarray(labels.dataobj).astype(np.float32) * 0.7
+    nib.save(nib.Nifti1Image(values, labels.affine), soft)
+    finetune = ["finetune", "--model", str(tiny_model), "--image", str(scan), "--labels", str(soft)]
+    finetune += ["--slices", "1", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "m")]
+    evaluate = ["evaluate", "--pred", str(soft), "--truth", str(soft)]
+    for argv in finetune, evaluate:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "probability.nii.gz: label values must be whole numbers" in err[0]
+        assert "found 0.7" in err[0], err
+    assert not (tmp_path / "m").exists()

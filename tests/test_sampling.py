@@ -99,7 +99,7 @@ def test_cancel_stops_within_a_step(tiny_segmenter):
     with pytest.raises(Cancelled):
         list(
             tiny_segmenter.segment_volume(
-                np.zeros((3, 32, 32), np.float32),
+                np.random.default_rng(0).random((3, 32, 32), np.float32),  # not blank: sampled
                 sampler=SamplerConfig(steps=10, ensemble=1),
                 on_progress=on_progress,
                 cancel=token,
