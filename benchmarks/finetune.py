@@ -3,8 +3,9 @@
 Scenarios (benchmarks/scenarios.py): (a) a new class (lateral ventricles) added to the
 default model, (b) a new model for a new task (a kidney in a synthetic CT), (c) a T2-like
 contrast and a gamma + bias shift, (d) which 5 slices to correct: suggested vs evenly
-spaced vs random. Each prints Dice on slices *not* corrected, before and after, and the
-wall time of the fine-tune. Product defaults unless flags say otherwise.
+spaced vs random, (e) a scan that was not skull-stripped (the brain inside a synthetic
+head): the corrections erase the scalp. Each prints Dice on slices *not* corrected,
+before and after, and the wall time of the fine-tune. Product defaults unless flags say otherwise.
 
     python benchmarks/finetune.py [--scenario all] [--variant 0] [--steps N] [--lr X]
 """

@@ -4,8 +4,9 @@
 
 Each model segments the held-out slices recorded in the (first) model's config.json, in
 the T1 sample and in contrasts built from it: T2-like (intensities inverted inside the
-head, bias field, noise), gamma 2.5 + strong bias field, and a narrow CT-like display
-window (the T1 clipped to its 40th-90th head percentiles). Printed: mean GM/WM Dice per
+head, bias field, noise), gamma 2.5 + strong bias field, a narrow CT-like display window
+(the T1 clipped to its 40th-90th head percentiles) and the brain inside a synthetic head
+(CSF, skull and scalp around it: a scan that was not skull-stripped). Printed: mean GM/WM Dice per
 contrast, every model at the first model's recommended sampler. A model that starts closer
 on a new contrast needs fewer corrected slices to adapt (benchmarks/finetune.py).
 """
@@ -18,7 +19,7 @@ import json
 import numpy as np
 import torch
 from quality import CLASSES
-from scenarios import gamma_shift, sample, t2_like
+from scenarios import gamma_shift, sample, synthetic_head, t2_like
 
 from napari_medsegdiff.checkpoints import recommended_sampler, resolve_model
 from napari_medsegdiff.config import SamplerConfig
@@ -34,14 +35,16 @@ def narrow_window() -> np.ndarray:
     return np.clip(image, lo, hi).astype(np.float32)
 
 
-def contrasts() -> dict[str, np.ndarray]:
-    """Named volumes (z, y, x) that share the sample's labels."""
-    image, _ = sample()
+def contrasts() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Named (image, labels) volumes (z, y, x); all keep the sample's axial slices."""
+    image, labels = sample()
+    head = synthetic_head(0)
     return {
-        "T1 (as trained)": image,
-        "T2-like": t2_like(0).image,
-        "gamma 2.5 + bias": gamma_shift(0).image,
-        "narrow window": narrow_window(),
+        "T1 (as trained)": (image, labels),
+        "T2-like": (t2_like(0).image, labels),
+        "gamma 2.5 + bias": (gamma_shift(0).image, labels),
+        "narrow window": (narrow_window(), labels),
+        "not skull-stripped": (head.image, head.labels),
     }
 
 
@@ -70,17 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     sampler = SamplerConfig(**recommended_sampler(meta))
     start, stop = meta["holdout_slices"]
     held = list(range(start, stop))
-    _, labels = sample()
     volumes = contrasts()
     print(
         f"held-out slices {start}:{stop}; mean GM/WM Dice, no fine-tuning; every model at "
         f"the first one's sampler ({sampler.steps} steps x ensemble {sampler.ensemble})"
     )
-    print(f"{'model':<40} " + " ".join(f"{name:>17}" for name in volumes))
+    print(f"{'model':<40} " + " ".join(f"{name:>18}" for name in volumes))
     for folder in folders:
         seg = Segmenter.load(folder, "cpu")
-        cells = [mean_dice(seg, vol, labels, held, sampler) for vol in volumes.values()]
-        print(f"{str(folder)[-40:]:<40} " + " ".join(f"{c:17.3f}" for c in cells))
+        cells = [mean_dice(seg, vol, labels, held, sampler) for vol, labels in volumes.values()]
+        print(f"{str(folder)[-40:]:<40} " + " ".join(f"{c:18.3f}" for c in cells))
     return 0
 
 

@@ -105,6 +105,35 @@ def gamma_shift(seed: int = 0) -> Scenario:
     return Scenario("gamma + bias field", shifted, labels, slices, (1, 2))
 
 
+def synthetic_head(seed: int = 0, pad: int = 14) -> Scenario:
+    """(e) The brain inside a synthetic head, as in a T1 scan that was not skull-stripped
+    (the sample is brain-extracted): around each axial slice's brain, in-plane, a CSF rim
+    (2 px), a dark skull (4-6 px) and a bright scalp with fat (5 px), plus noise. The scan
+    is padded by ``pad`` px in y and x (labels too: the head is background); z is kept."""
+    image, labels = sample()
+    rng = np.random.default_rng(seed + 37)
+    image = np.pad(image, ((0, 0), (pad, pad), (pad, pad)))
+    labels = np.pad(labels, ((0, 0), (pad, pad), (pad, pad)))
+    wm = float(np.median(image[labels == 2]))
+    skull = 4 + seed % 3
+    rings = ((2, 0.15), (2 + skull, 0.08), (7 + skull, 1.1))  # (outer edge px, x WM median)
+    head = image.copy()
+    for z in range(image.shape[0]):
+        brain = ndi.binary_fill_holes(image[z] > 0)
+        if not brain.any():
+            continue
+        distance = ndi.distance_transform_edt(~brain)
+        inner = 0.0
+        for outer, level in rings:
+            head[z][(distance > inner) & (distance <= outer)] = level * wm
+            inner = outer
+    shell = (head > 0) & (image == 0)  # the rings: outside every slice's brain
+    head[shell] += rng.normal(0, 0.04 * wm, int(shell.sum())).astype(np.float32)
+    head = np.clip(head, 0, None).astype(np.float32)
+    slices = [z for z in range(labels.shape[0]) if labels[z].sum() > 500]
+    return Scenario("brain in a synthetic head (not skull-stripped)", head, labels, slices, (1, 2))
+
+
 def synthetic_ct(seed: int = 0, depth: int = 48, size: int = 128) -> Scenario:
     """(b) A new task: a kidney-like organ (1) in a synthetic abdominal CT (HU), with a
     spine, fat, muscle and a spleen-like distractor of similar density (not labelled)."""
@@ -138,4 +167,5 @@ SCENARIOS = {
     "new-task": synthetic_ct,
     "t2": t2_like,
     "gamma": gamma_shift,
+    "head": synthetic_head,
 }
