@@ -6,9 +6,11 @@ Each model segments the held-out slices recorded in the (first) model's config.j
 the T1 sample and in contrasts built from it: T2-like (intensities inverted inside the
 head, bias field, noise), gamma 2.5 + strong bias field, a narrow CT-like display window
 (the T1 clipped to its 40th-90th head percentiles) and the brain inside a synthetic head
-(CSF, skull and scalp around it: a scan that was not skull-stripped). Printed: mean GM/WM Dice per
-contrast, every model at the first model's recommended sampler. A model that starts closer
-on a new contrast needs fewer corrected slices to adapt (benchmarks/finetune.py).
+(CSF, skull and scalp around it: a scan that was not skull-stripped); and the T1 in a
+larger (256 mm, padded) or smaller (100 mm, cropped) field of view. Printed: mean GM/WM
+Dice per contrast, every model at the first model's recommended sampler. A model that
+starts closer on a new contrast needs fewer corrected slices to adapt
+(benchmarks/finetune.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ def narrow_window() -> np.ndarray:
     return np.clip(image, lo, hi).astype(np.float32)
 
 
+def field_of_view(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """The sample's axial slices as a ``size`` x ``size`` px (1 mm) field of view, centred:
+    padded with background when larger than the sample's, cropped when smaller. The canvas
+    resizes by pixel count, so this changes the anatomy's size on the model's input."""
+    out = []
+    for volume in image, labels:
+        for axis in 1, 2:
+            extra = size - volume.shape[axis]
+            if extra > 0:
+                width = [(0, 0)] * 3
+                width[axis] = (extra // 2, extra - extra // 2)
+                volume = np.pad(volume, width)
+            elif extra < 0:
+                start = -extra // 2
+                volume = np.take(volume, range(start, start + size), axis=axis)
+        out.append(volume)
+    return tuple(out)
+
+
 def contrasts() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Named (image, labels) volumes (z, y, x); all keep the sample's axial slices."""
     image, labels = sample()
@@ -45,6 +66,8 @@ def contrasts() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "gamma 2.5 + bias": (gamma_shift(0).image, labels),
         "narrow window": (narrow_window(), labels),
         "not skull-stripped": (head.image, head.labels),
+        "FOV 256 mm": field_of_view(image, labels, 256),
+        "crop 100 mm": field_of_view(image, labels, 100),
     }
 
 
