@@ -155,7 +155,6 @@ def finetune_files(
 ) -> FinetuneResult:
     """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
     labels (+ proposal), fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
-
     from napari_medsegdiff.finetune import finetune
     from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.nifti import read_labels

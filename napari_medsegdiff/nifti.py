@@ -27,19 +27,22 @@ from napari_medsegdiff.paths import PathLike, is_nifti_input_path, is_nifti_path
 from napari_medsegdiff.volume import Volume, VolumeGeometry
 
 __all__ = [
+    "LABEL_TOLERANCE",
     "MAX_VOXELS",
     "is_nifti_input_path",
     "is_nifti_path",
     "nifti_stem",
+    "read_labels",
     "read_volume",
+    "whole_labels",
     "write_image",
     "write_labels",
 ]
 
 MAX_VOXELS = 2**31
-#: How far a stored label value may sit from a whole number (scaled integer files).
-LABEL_TOLERANCE = 1e-3
 """Refuse files that declare more voxels than this (before allocating anything)."""
+LABEL_TOLERANCE = 1e-3
+"""How far a stored label value may sit from a whole number (scaled integer files)."""
 _MAX_GZIP_RATIO = 1100  # DEFLATE cannot expand more than ~1032:1
 _READ_ERRORS = (
     ImageFileError,
