@@ -79,12 +79,7 @@ def segment_files(
     prob_path = check_new(probability, overwrite, "probability")
     volume = read_scan(images, series=series)
     seg = segmenter or Segmenter.load(model, device)
-    channels = volume.data.shape[3] if volume.data.ndim == 4 else 1
-    if channels != seg.config.in_channels:
-        raise InputError(
-            f"{', '.join(Path(p).name for p in images)}: {channels} channel(s), but model "
-            f"{seg.name!r} expects {seg.config.in_channels} (one 3-D file per channel)"
-        )
+    seg.check_channels(volume.n_channels, ", ".join(Path(p).name for p in images))
     indices = parse_slices(slices, volume.data.shape[0])
     bar = None  # made at the first report: an input error stays one line on stderr
     start = time.perf_counter()

@@ -145,16 +145,19 @@ class Segmenter:
             arr = arr[..., None]
         if arr.ndim != 4:
             raise InputError(f"image: expected (z, y, x) or (z, y, x, c), got shape {arr.shape}")
-        channels = arr.shape[-1]
-        if channels != self.config.in_channels:
-            raise InputError(
-                f"image has {channels} channel(s) but model {self.name!r} expects "
-                f"{self.config.in_channels}"
-            )
+        self.check_channels(arr.shape[-1])
         if normalize:
             method = "ct" if window is not None else "percentile"
             arr = normalize_intensity(arr, method=method, window=window)
         return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32, copy=False), -1, 1))
+
+    def check_channels(self, channels: int, source: str = "image") -> None:
+        """Refuse an input with another channel count than the model's, naming ``source``."""
+        if channels != self.config.in_channels:
+            raise InputError(
+                f"{source}: {channels} channel(s), but model {self.name!r} expects "
+                f"{self.config.in_channels} (one 3-D file or layer per channel)"
+            )
 
     def canvas(self, height: int, width: int) -> Canvas:
         """Where an (height, width) slice sits in the model's square input (as in training)."""
