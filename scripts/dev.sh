@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh demo [ARGS]   set up, then open napari with the sample scan and the docks
 #                                     (no display: runs `medsegdiff demo --headless`)
 #   bash scripts/dev.sh test [ARGS]   set up, then run the whole test suite (headless, Xvfb)
+#   (test also fetches the real-data set: scripts/fetch_data.sh)
 #   bash scripts/dev.sh setup         set up only: .venv with a CPU torch unless an NVIDIA GPU is present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,7 @@ case "$cmd" in
     setup) setup ;;
     test)
         setup
+        bash scripts/fetch_data.sh >/dev/null   # the real-data set (issue #16); skips if offline
         virtual_screen
         exec "$PY" -m pytest "$@"
         ;;
