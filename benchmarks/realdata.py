@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (pinned SHA-256 sums are one line each)
 """The real-data set: real heads, anatomist-drawn atlases and patient lesions (issue #16).
 
 Everything comes from ordinary package-registry downloads (Debian packages and PyPI

@@ -14,7 +14,7 @@ import pytest
 from napari_medsegdiff.nifti import read_labels, read_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import realdata  # noqa: E402
+import realdata
 
 EXPECTED = sorted(realdata.CASES)
 REASON = realdata.missing_reason(EXPECTED)
