@@ -30,6 +30,8 @@ class AugmentConfig:
     bias: float = 0.0  # strength of a smooth multiplicative bias field
     invert: float = 0.0  # probability of inverting the contrast inside the head (T2-like)
     window: float = 0.0  # probability of a random intensity window (CT-like, saturating)
+    curve: float = 0.0  # probability of a random intensity curve (other contrasts/scanners)
+    lowres: float = 0.0  # probability of thick-slice blur along one in-plane axis
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -128,6 +130,46 @@ def random_window(image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator)
     return torch.where(chosen.view(-1, 1, 1, 1).to(image.device), windowed, image)
 
 
+def random_curve(
+    image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator, knots: int = 6
+) -> torch.Tensor:
+    """Contrast randomisation in the spirit of SynthSeg, for the ``chosen`` (N,) slices.
+
+    Inside the head, intensities pass through a random piecewise-linear curve through
+    ``knots`` random levels (not necessarily monotone: tissues may swap order, as between
+    T1, T2, PD and FLAIR); outside the head stays as it was.
+    """
+    n = image.shape[0]
+    dev = image.device
+    levels = torch.rand(n, knots, generator=g).to(dev) * 1.6 - 0.6  # in [-0.6, 1]
+    unit = ((image + 1) / 2).clamp(0, 1) * (knots - 1)
+    lo = unit.floor().clamp(max=knots - 2)
+    frac = unit - lo
+    idx = lo.long().flatten(1)
+    a = torch.gather(levels, 1, idx).view_as(image)
+    b = torch.gather(levels, 1, idx + 1).view_as(image)
+    curved = a + frac * (b - a)
+    inside = head_mask(image) > 0
+    out = torch.where(inside, curved, image)
+    return torch.where(chosen.view(-1, 1, 1, 1).to(dev), out, image)
+
+
+def thick_slices(image: torch.Tensor, chosen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Thick or anisotropic acquisitions: average-pool the ``chosen`` (N,) slices by 2-4x along
+    a random in-plane axis and scale back (linear), as when sagittal or coronal slices of a few
+    mm are viewed axially."""
+    n, _, h, w = image.shape
+    out = image.clone()
+    factors = torch.randint(2, 5, (n,), generator=g)
+    axes = torch.rand(n, generator=g) < 0.5
+    for i in torch.nonzero(chosen).flatten().tolist():
+        f = int(factors[i])
+        kernel = (f, 1) if bool(axes[i]) else (1, f)
+        small = F.avg_pool2d(image[i : i + 1], kernel, ceil_mode=True)
+        out[i : i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
 def augment_batch(
     image: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: AugmentConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +204,10 @@ def augment_batch(
         image = invert_contrast(image, torch.rand(n, generator=g) < cfg.invert, g)
     if cfg.window:
         image = random_window(image, torch.rand(n, generator=g) < cfg.window, g)
+    if cfg.curve:
+        image = random_curve(image, torch.rand(n, generator=g) < cfg.curve, g)
+    if cfg.lowres:
+        image = thick_slices(image, torch.rand(n, generator=g) < cfg.lowres, g)
     if cfg.noise:
         image = image + cfg.noise * torch.randn(image.shape, generator=g).to(dev)
     return image.clamp(-1.5, 1.5), labels

@@ -284,6 +284,7 @@ class TrainConfig:
     amp: bool = True  # used on CUDA only
     seed: int = 0
     freeze_condition: bool = False
+    unlabelled_weight: float = 0.0  # loss weight of voxels coded objective.UNLABELLED + c
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

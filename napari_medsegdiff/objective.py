@@ -43,21 +43,58 @@ def diffusion_loss(
     *,
     mask_channels: int,
     aux_weight: float = 0.0,
+    unlabelled_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean training loss of a batch for explicit timesteps ``t`` and ``noise``.
 
     MSE between the network output and the schedule's target (epsilon or v), plus
     ``aux_weight`` x the V2 anchor loss (Dice + CE of the condition model) when > 0.
+    Unlabelled voxels (codes >= :data:`UNLABELLED`, see :func:`split_labels`) enter the
+    noised mask with their provisional class and the loss with ``unlabelled_weight``
+    (0: ignored), so a head with only a brain mask teaches that everything outside is
+    background without teaching anything inside.
     """
     from napari_medsegdiff.model import anchor_loss
 
-    x0 = labels_to_mask(labels, mask_channels)
+    classes, weight = split_labels(labels, mask_channels, unlabelled_weight)
+    x0 = labels_to_mask(classes, mask_channels)
     x_t = schedule.add_noise(x0, noise, t)
     output = net(x_t, t, images)
-    loss = F.mse_loss(output.prediction.float(), schedule.target(x0, noise, t))
+    err = (output.prediction.float() - schedule.target(x0, noise, t)) ** 2
+    if weight is None:
+        loss = err.mean()
+    else:
+        w = weight[:, None].expand_as(err)
+        loss = (err * w).sum() / w.sum().clamp_min(1.0)
     if aux_weight and output.anchor_logits is not None:
-        loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), labels)
+        loss = loss + aux_weight * anchor_loss(output.anchor_logits.float(), classes, weight)
     return loss
+
+
+#: Label codes from UNLABELLED on mark voxels without a label: ``UNLABELLED + c`` carries a
+#: provisional class ``c`` (e.g. from intensity thresholds) used only to noise the mask.
+UNLABELLED = 1000
+
+
+def split_labels(
+    labels: torch.Tensor, mask_channels: int, unlabelled_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Coded labels (B, H, W) -> classes (B, H, W) and per-voxel loss weights (B, H, W).
+
+    Weights are None when every voxel is labelled (the plain mean applies).
+    """
+    unlabelled = labels >= UNLABELLED
+    if not bool(unlabelled.any()):
+        return labels, None
+    provisional = labels - UNLABELLED
+    if int(provisional[unlabelled].max()) >= max(mask_channels, 2):
+        raise InputError(
+            f"unlabelled voxel code {int(labels.max())}: provisional class out of range "
+            f"for {mask_channels} classes"
+        )
+    classes = torch.where(unlabelled, provisional, labels)
+    weight = torch.where(unlabelled, unlabelled_weight, 1.0).float()
+    return classes, weight
 
 
 def labels_to_mask(labels: torch.Tensor, mask_channels: int) -> torch.Tensor:

@@ -250,6 +250,7 @@ def _accumulate(run: _Run, images, labels, t, noise) -> float:
                     noise[part],
                     mask_channels=cfg.mask_channels,
                     aux_weight=aux_weight,
+                    unlabelled_weight=tcfg.unlabelled_weight,
                 )
             run.scaler.scale(loss * frac).backward()
         loss_value += float(loss.detach()) * frac

@@ -20,6 +20,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,9 +28,10 @@ import torch
 from napari_medsegdiff.augment import AugmentConfig
 from napari_medsegdiff.checkpoints import CONFIG, WEIGHTS, default_model_path, load_model
 from napari_medsegdiff.config import TrainConfig, preset
-from napari_medsegdiff.data import slices_from_volume
+from napari_medsegdiff.data import SliceSet, slices_from_volume
 from napari_medsegdiff.model import build_model
 from napari_medsegdiff.nifti import read_labels, read_volume
+from napari_medsegdiff.objective import UNLABELLED
 from napari_medsegdiff.preprocessing import normalize_intensity
 from napari_medsegdiff.sample import sample_paths
 from napari_medsegdiff.training import train
@@ -62,6 +64,67 @@ def holdout_slices(labels: np.ndarray) -> list[int]:
     return list(range(start, stop))
 
 
+#: Real heads with only a brain mask: outside is background; inside is unlabelled, with a
+#: provisional GM/WM class from 3-class multi-Otsu inside the mask (CSF -> background).
+REAL_HEADS = ("colin27_head", "robex_head", "mni152_6gen_head")
+#: Fully labelled skull-stripped brains besides the sample (GM/WM as classes 1/2).
+EXTRA_TISSUE = ("mni2009c_tissue",)
+
+
+def _provisional(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Multi-Otsu classes 0/1/2 (dark / middle / bright) of the T1 inside ``brain``."""
+    from skimage.filters import threshold_multiotsu
+
+    cuts = threshold_multiotsu(image[brain], classes=3)
+    return np.digitize(image, cuts).astype(np.int64)
+
+
+def real_head_slices(size: int, context: int) -> tuple[list[SliceSet], list[SliceSet], list[str]]:
+    """Training slices of the real-data set (issue #16), fetched by scripts/fetch_data.sh.
+
+    Brain-mask heads carry ``UNLABELLED + provisional class`` inside the brain (see
+    objective.split_labels); tissue cases carry GM/WM. Returns the training sets, validation
+    sets (4 mid-brain slices of each head, provisional classes as labels: model selection
+    then also asks for background outside the brain) and the sets' names.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realdata
+
+    missing = realdata.missing_reason([*REAL_HEADS, *EXTRA_TISSUE])
+    if missing:
+        raise SystemExit(f"--real-heads: {missing}")
+    cases = realdata.available_cases()
+    sets, vals, names = [], [], []
+    for name in (*REAL_HEADS, *EXTRA_TISSUE):
+        image = normalize_intensity(read_volume(cases[name].image).data)
+        labels = read_labels(cases[name].labels).data.astype(np.int64)
+        if name in REAL_HEADS:
+            brain = labels > 0
+            # Compact codes 3 + c for the resize, remapped to UNLABELLED + c below.
+            labels = np.where(brain, 3 + _provisional(image, brain), 0)
+        data = slices_from_volume(image, labels, size, normalized=True, name=name, context=context)
+        coded = data.labels >= 3
+        data.labels[coded] = UNLABELLED + data.labels[coded] - 3
+        sets.append(data)
+        names.append(f"{name} ({len(data)} slices)")
+        if name in REAL_HEADS:
+            rows = [i for i in range(labels.shape[0]) if labels[i].any()]
+            picks = [rows[round(f * (len(rows) - 1))] for f in (0.45, 0.55, 0.65, 0.75)]
+            plain = np.where(labels >= 3, labels - 3, labels)
+            vals.append(
+                slices_from_volume(
+                    image,
+                    plain,
+                    size,
+                    picks,
+                    normalized=True,
+                    name=f"{name}-val",
+                    context=context,
+                )
+            )
+    return sets, vals, names
+
+
 def load_sample() -> tuple[np.ndarray, np.ndarray]:
     """Normalised T1 (z, y, x) and tissue labels (z, y, x) in display order."""
     t1, tissue = sample_paths()
@@ -90,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue OUT/last")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--val-steps", type=int, default=2, help="sampler steps in validation")
+    parser.add_argument("--curve", type=float, default=0.0, help="P(random intensity curve)")
+    parser.add_argument("--lowres", type=float, default=0.0, help="P(thick-slice blur)")
+    parser.add_argument(
+        "--real-heads",
+        action="store_true",
+        help="add the real-data set's heads (brain masks) and tissue cases (fetch_data.sh)",
+    )
+    parser.add_argument(
+        "--unlabelled-weight",
+        type=float,
+        default=0.0,
+        help="loss weight of unlabelled voxels' provisional classes (0: ignored)",
+    )
     parser.add_argument("--install", action="store_true", help="copy into the package")
     args = parser.parse_args(argv)
     if args.init and (args.base_channels or args.cond_channels):
@@ -109,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         name="icbm152",
         context=args.context,
     )
+    training_data = "ICBM152 2009a sym T1 + GM/WM tissue labels (sample_data/)"
+    if args.real_heads:
+        extra, extra_val, names = real_head_slices(args.image_size, args.context)
+        data = SliceSet.concat([data, *extra])
+        training_data += "; real-data set (scripts/fetch_data.sh): " + ", ".join(names)
     # Validation (model selection) on a fixed augmented draw of training slices: the held-out
     # block stays untouched for the final evaluation.
     val_idx = train_idx[:: max(1, len(train_idx) // 6)][:6]
@@ -121,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         name="icbm152-val",
         context=args.context,
     )
+    if args.real_heads:
+        val = SliceSet.concat([val, *extra_val])
     init_state = None
     if args.init:
         net, info = load_model(args.init, "cpu")
@@ -155,17 +238,19 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         val_ensemble=1,
         val_steps=args.val_steps,
+        unlabelled_weight=args.unlabelled_weight,
     )
     meta = {
         "name": "default",
-        "training_data": "ICBM152 2009a sym T1 + GM/WM tissue labels (sample_data/)",
+        "training_data": training_data,
         "holdout_slices": [held[0], held[-1] + 1],
         "eval_variant_seed": EVAL_VARIANT_SEED,
         "recipe": "python scripts/train_default_model.py " + " ".join(argv or sys.argv[1:]),
         "classes": {"0": "background", "1": "grey matter", "2": "white matter"},
     }
     print(
-        f"training on {len(train_idx)} slices, holding out {held[0]}:{held[-1] + 1}; "
+        f"training on {len(data)} slices ({len(train_idx)} of the sample), "
+        f"holding out {held[0]}:{held[-1] + 1}; "
         f"model {cfg.preset} {cfg.version} at {cfg.image_size} px, context {cfg.context}"
         + (f", from {args.init}" if args.init else ""),
         flush=True,
@@ -189,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         init_state=init_state,
         meta=meta,
-        augment=dataclasses.replace(TRAIN_AUGMENT, invert=args.invert, window=args.window),
+        augment=dataclasses.replace(
+            TRAIN_AUGMENT,
+            invert=args.invert,
+            window=args.window,
+            curve=args.curve,
+            lowres=args.lowres,
+        ),
         on_progress=on_progress,
     )
     wall = time.perf_counter() - start

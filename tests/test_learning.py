@@ -94,3 +94,54 @@ def test_segmenter_places_slices_as_training_does(segmenter):
     assert torch.equal(got.cpu(), want)
     (result,) = segmenter.segment_slices(images, [1], sampler=SamplerConfig(steps=1, ensemble=2))
     assert result.mask.shape == (20, 40) and result.probability.shape[-2:] == (20, 40)
+
+
+def test_unlabelled_voxels_teach_nothing_and_labelled_ones_do():
+    """Codes >= UNLABELLED carry a provisional class for the noised mask and, at weight 0,
+    no gradient (diffusion and anchor loss); labelled voxels keep theirs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_medsegdiff.config import preset
+    from napari_medsegdiff.diffusion.schedule import NoiseSchedule
+    from napari_medsegdiff.objective import UNLABELLED, diffusion_loss, split_labels
+
+    cfg = preset("tiny", version="v2", mask_channels=3)
+    size = 16
+    labels = torch.zeros(2, size, size, dtype=torch.long)
+    labels[:, 4:12, 4:12] = UNLABELLED + 2  # "brain": provisional white matter
+    classes, weight = split_labels(labels, 3)
+    assert int(classes[0, 6, 6]) == 2 and weight is not None
+    assert float(weight[:, 4:12, 4:12].sum()) == 0 and float(weight[:, :4].min()) == 1
+
+    pred = torch.randn(2, 3, size, size, requires_grad=True)
+    anchor = torch.randn(2, 3, size, size, requires_grad=True)
+    seen = {}
+
+    def net(x_t, t, images):
+        seen["x_t"] = x_t
+        return SimpleNamespace(prediction=pred, anchor_logits=anchor)
+
+    schedule = NoiseSchedule(cfg)
+    t = torch.full((2,), 10, dtype=torch.long)
+    noise = torch.randn(2, 3, size, size)
+    loss = diffusion_loss(
+        net,
+        schedule,
+        torch.zeros(2, 1, size, size),
+        labels,
+        t,
+        noise,
+        mask_channels=3,
+        aux_weight=1.0,
+    )
+    loss.backward()
+    inside = (slice(None), slice(None), slice(4, 12), slice(4, 12))
+    assert float(pred.grad[inside].abs().max()) == 0.0
+    assert float(anchor.grad[inside].abs().max()) == 0.0
+    assert float(pred.grad[:, :, :4].abs().min()) > 0
+    # The noised mask inside follows the provisional class (white matter channel high).
+    assert float(seen["x_t"][0, 2, 6, 6]) > float(seen["x_t"][0, 0, 6, 6])
+    with pytest.raises(Exception, match="provisional class"):
+        split_labels(torch.full((1, 4, 4), UNLABELLED + 7), 3)

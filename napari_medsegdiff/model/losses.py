@@ -9,20 +9,28 @@ from torch import Tensor
 from napari_medsegdiff.errors import InputError
 
 
-def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """1 - soft Dice, averaged over batch and channels: prob, target [B, K, H, W] -> []."""
+def soft_dice_loss(
+    prob: Tensor, target: Tensor, eps: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
+    """1 - soft Dice, averaged over batch and channels: prob, target [B, K, H, W] -> [].
+
+    ``weight`` [B, H, W] (optional) scales each voxel's share (0: the voxel is ignored).
+    """
     dims = (2, 3)
+    if weight is not None:
+        prob, target = prob * weight[:, None], target * weight[:, None]
     inter = (prob * target).sum(dims)
     denom = prob.sum(dims) + target.sum(dims)
     return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
 
 
-def anchor_loss(anchor_logits: Tensor, target: Tensor) -> Tensor:
+def anchor_loss(anchor_logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Dice + cross-entropy of the condition model's anchor logits (MedSegDiff-V2).
 
     anchor_logits [B, K, H, W]; target [B, H, W] long class indices (0 = background).
     K = 1: BCE-with-logits + soft Dice of the foreground; K > 1: CE + soft Dice over the
-    foreground classes. Returns a scalar.
+    foreground classes. ``weight`` [B, H, W] (optional): per-voxel weights (0 = ignored).
+    Returns a scalar.
     """
     if anchor_logits.ndim != 4 or target.shape != (
         anchor_logits.shape[0],
@@ -37,9 +45,18 @@ def anchor_loss(anchor_logits: Tensor, target: Tensor) -> Tensor:
     target = target.long()
     if k == 1:
         fg = (target > 0).float()[:, None]
-        bce = F.binary_cross_entropy_with_logits(logits, fg)
-        return bce + soft_dice_loss(torch.sigmoid(logits), fg)
-    ce = F.cross_entropy(logits, target)
+        bce = F.binary_cross_entropy_with_logits(logits, fg, reduction="none")[:, 0]
+        return _weighted_mean(bce, weight) + soft_dice_loss(
+            torch.sigmoid(logits), fg, weight=weight
+        )
+    ce = F.cross_entropy(logits, target.clamp(0, k - 1), reduction="none")
     onehot = F.one_hot(target.clamp(0, k - 1), k).permute(0, 3, 1, 2).float()
     prob = torch.softmax(logits, dim=1)
-    return ce + soft_dice_loss(prob[:, 1:], onehot[:, 1:])
+    return _weighted_mean(ce, weight) + soft_dice_loss(prob[:, 1:], onehot[:, 1:], weight=weight)
+
+
+def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean of values [B, H, W], weighted per voxel when ``weight`` is given."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
