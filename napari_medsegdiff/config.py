@@ -28,8 +28,15 @@ PRESETS: tuple[str, ...] = ("tiny", "lite", "base", "plus")
 T = TypeVar("T")
 
 # Fine-tuning defaults, chosen by benchmarks/finetune.py (BENCHMARKS.md, "Fine-tuning").
+# FINETUNE_STEPS is a cap: without held-out slices a fine-tune stops once the painted
+# slices come back at FINETUNE_STOP_DICE (worst class, checked every FINETUNE_CHECK_EVERY
+# steps at the model's own sampler). lr 1e-3 without augmentation fits 5 painted slices in
+# ~175 steps where 5e-4 with augmentation had not in 400 (benchmarks/effort.py, BENCHMARKS.md).
 FINETUNE_STEPS = 400
-FINETUNE_LR = 5e-4
+FINETUNE_LR = 1e-3
+FINETUNE_AUGMENT = False
+FINETUNE_STOP_DICE = 0.95
+FINETUNE_CHECK_EVERY = 25
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
@@ -285,6 +292,7 @@ class TrainConfig:
     seed: int = 0
     freeze_condition: bool = False
     unlabelled_weight: float = 0.0  # loss weight of voxels coded objective.UNLABELLED + c
+    stop_at_dice: float | None = None  # stop once validation Dice (worst class) reaches this
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

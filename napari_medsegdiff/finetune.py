@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from napari_medsegdiff import __version__
+from napari_medsegdiff import config as _defaults
 from napari_medsegdiff.augment import AugmentConfig
 from napari_medsegdiff.checkpoints import (
     WEIGHTS,
@@ -84,6 +85,10 @@ class FinetuneResult:
                 if before is not None
                 else f"; held-out Dice {after:.3f}"
             )
+        painted = self.provenance.get("painted_dice_best")
+        if after is None and painted is not None:
+            fitted = " (fitted: stopped early)" if self.provenance.get("stopped_fitted") else ""
+            dice = f"; painted slices come back at Dice {painted:.3f}{fitted}"
         partial = " (partial: cancelled)" if self.provenance.get("partial") else ""
         return f"new model version {self.path}{partial}{dice}"
 
@@ -146,7 +151,7 @@ def finetune(
     lr: float = DEFAULT_LR,
     batch_size: int = 4,
     device: str | torch.device = "auto",
-    augment: bool = True,
+    augment: bool = _defaults.FINETUNE_AUGMENT,
     replay: bool = False,
     freeze_condition: bool = False,
     new_model: bool = False,
@@ -176,6 +181,7 @@ def finetune(
     prep = _prepare(base_net, info, img, lab, chosen, proposal, new_model, holdout, seed)
     plan, cfg = prep.plan, prep.cfg
     names = _class_names(info, plan, class_names)
+    painted_set = prep.train_set  # before replay slices join: the fit check's slices
     if replay and plan.mode == "keep":
         extra = replay_slices(
             cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed, context=cfg.context
@@ -189,14 +195,17 @@ def finetune(
         "steps": steps, "lr": lr, "batch_size": batch_size, "replay": replay,
         "freeze_condition": freeze_condition,
     }  # fmt: skip
-    tcfg = _train_config(settings, cfg, plan, val_every, seed, augment)
+    sampler_steps = _sampler_steps(info)
+    fit_check = prep.val_set is None  # no held-out slices: check the fit on the painted ones
+    tcfg = _train_config(settings, cfg, plan, val_every, seed, augment, sampler_steps, fit_check)
+    val_set = painted_set if fit_check else prep.val_set
     aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
     scratch_root = target.parent if target is not None else store.root
     scratch_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=scratch_root))
     try:
         result = train(
-            cfg, tcfg, prep.train_set, work, val=prep.val_set, device=dev,
+            cfg, tcfg, prep.train_set, work, val=val_set, device=dev,
             init_state=prep.init_state, augment=aug, on_progress=on_progress, cancel=cancel,
         )  # fmt: skip
         provenance = _provenance(
@@ -286,6 +295,12 @@ def _prepare(
     return _Prepared(cfg, plan, init_state, train_idx, held_idx, data.subset(train_idx), val_set)
 
 
+def _sampler_steps(info: ModelInfo) -> int:
+    section = info.meta.get("sampler")
+    steps = section.get("steps") if isinstance(section, Mapping) else None
+    return int(steps) if isinstance(steps, int) and steps > 0 else 20
+
+
 def _train_config(
     settings: dict[str, Any],
     cfg: ModelConfig,
@@ -293,19 +308,26 @@ def _train_config(
     val_every: int | None,
     seed: int,
     augment: bool,
+    sampler_steps: int = 20,
+    fit_check: bool = False,
 ) -> TrainConfig:
-    """The fine-tune loop: EMA 0.99, about 5 validations."""
+    """The fine-tune loop: EMA 0.99; with ``fit_check`` the painted slices
+    are sampled every FINETUNE_CHECK_EVERY steps as the product samples them, and training
+    stops once they come back at FINETUNE_STOP_DICE. Else about 5 validations."""
     steps = settings["steps"]
+    every = _defaults.FINETUNE_CHECK_EVERY if fit_check else max(1, steps // 5)
     return TrainConfig(
         steps=steps,
         batch_size=settings["batch_size"],
         lr=settings["lr"],
         ema_decay=0.99,
-        val_every=val_every or max(1, steps // 5),
+        val_every=val_every or every,
+        val_steps=sampler_steps if fit_check else 20,
         save_every=steps,
         seed=seed,
         augment=augment,
         freeze_condition=settings["freeze_condition"],
+        stop_at_dice=_defaults.FINETUNE_STOP_DICE if fit_check else None,
     )
 
 
@@ -346,13 +368,28 @@ def _provenance(
         "replay": settings["replay"],
         "freeze_condition": settings["freeze_condition"],
         "losses": [round(v, 6) for v in result.losses],
-        "held_out_dice": result.val_dice,
-        "held_out_dice_before": before,
-        "held_out_dice_best": result.best_dice,
+        **_scores(prep, result, before),
         "partial": result.cancelled,
         "device": str(dev),
         "package_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _scores(prep: _Prepared, result: Any, before: float | None) -> dict[str, Any]:
+    """Held-out Dice when slices were held out, else the fit check on the painted slices."""
+    if prep.held_idx:
+        return {
+            "held_out_dice": result.val_dice,
+            "held_out_dice_before": before,
+            "held_out_dice_best": result.best_dice,
+        }
+    return {
+        "painted_dice": result.val_dice,
+        "painted_dice_best": result.best_dice,
+        "stopped_fitted": result.best_dice is not None
+        and _defaults.FINETUNE_STOP_DICE is not None
+        and result.best_dice >= _defaults.FINETUNE_STOP_DICE,
     }
 
 

@@ -451,15 +451,26 @@ def _loop(
             continue
         loss_value, stop = _apply(run, loss_value, cancel)
         metric = _validate_and_save(run, val)
+        fitted = (
+            metric is not None and tcfg.stop_at_dice is not None and metric >= tcfg.stop_at_dice
+        )
         if on_progress and run.main:
+            note = (
+                f" - fitted (Dice {metric:.3f} >= {tcfg.stop_at_dice:.2f}): stopping"
+                if fitted
+                else ""
+            )
             on_progress(
                 Progress(
-                    run.step,
+                    tcfg.steps if fitted else run.step,
                     tcfg.steps,
-                    f"step {run.step}: loss {loss_value:.4f}",
+                    f"step {run.step}: loss {loss_value:.4f}{note}",
                     clock.eta(run.step - start_step),
                     loss=loss_value,
                     metric=metric,
                 )
             )
+        if fitted:
+            run.history["stopped_fitted"] = run.step
+            break
     return cancelled

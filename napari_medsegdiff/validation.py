@@ -20,14 +20,17 @@ from napari_medsegdiff.progress import CancelToken
 from napari_medsegdiff.seeds import member_seed
 
 
-def dice_score(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    """Mean Dice over foreground classes present in either map (both empty -> 1)."""
+def dice_score(pred: np.ndarray, truth: np.ndarray, classes: int, worst: bool = False) -> float:
+    """Mean (``worst``: lowest) Dice over foreground classes present in either map (both
+    empty -> 1)."""
     scores = [
         dice(pred == k, truth == k)
         for k in range(1, max(2, classes))
         if np.any(pred == k) or np.any(truth == k)
     ]
-    return float(np.mean(scores)) if scores else 1.0
+    if not scores:
+        return 1.0
+    return float(np.min(scores) if worst else np.mean(scores))
 
 
 @torch.no_grad()
@@ -95,6 +98,7 @@ def _dice_sum(
     steps: int,
     ensemble: int,
     seed: int,
+    worst: bool = False,
 ) -> float:
     if images.shape[0] == 0:
         return 0.0
@@ -103,7 +107,8 @@ def _dice_sum(
     pred = sample_masks(model, cfg, images, steps=steps, ensemble=ensemble, seed=seed)
     model.train(was_training)
     truth = labels.numpy()
-    return float(np.sum([dice_score(p, t, cfg.num_classes) for p, t in zip(pred, truth)]))
+    scores = [dice_score(p, t, cfg.num_classes, worst) for p, t in zip(pred, truth)]
+    return float(np.sum(scores))
 
 
 def validate_shadow(
@@ -119,7 +124,8 @@ def validate_shadow(
     sums are reduced.
 
     Sampling seeds do not depend on the slice's position, so the result equals the
-    one-process :func:`validate` whatever the number of ranks.
+    one-process :func:`validate` whatever the number of ranks. A fit check (``tcfg.stop_at_dice``
+    set) scores each slice by its worst class, so one class left unfit is not averaged away.
     """
     from napari_medsegdiff.distributed import all_reduce
     from napari_medsegdiff.model import build_model
@@ -136,6 +142,7 @@ def validate_shadow(
         tcfg.val_steps,
         tcfg.val_ensemble,
         tcfg.seed,
+        worst=tcfg.stop_at_dice is not None,
     )
     del ema_model
     (total,) = all_reduce([local])

@@ -174,3 +174,29 @@ def test_refuses_without_usable_slices(trained_tiny, tmp_path):
         finetune(trained_tiny["path"], image, labels - 1, slices=[0], store=tmp_path)
     with pytest.raises(InputError, match="at most 63"):
         finetune(trained_tiny["path"], image, labels + 70, slices=[0], store=tmp_path)
+
+
+def test_finetune_stops_once_the_painted_slices_are_fit(trained_tiny, tmp_path):
+    """Without held-out slices the painted slices are the fit check: training stops when
+    they come back (worst class) at FINETUNE_STOP_DICE, well before the step cap, and the
+    progress says so."""
+    from napari_medsegdiff import config
+
+    image, labels = ellipse_task(6, seed=3)  # the base model's own task: fit quickly
+    messages = []
+    result = finetune(
+        trained_tiny["path"],
+        image,
+        labels,
+        slices=[0, 2, 4],
+        steps=400,
+        device="cpu",
+        out=tmp_path / "fit",
+        on_progress=lambda p: messages.append(p.message),
+    )
+    prov = result.provenance
+    assert prov["stopped_fitted"] and prov["painted_dice_best"] >= config.FINETUNE_STOP_DICE
+    assert prov["steps_done"] < 400 and prov["steps_done"] % config.FINETUNE_CHECK_EVERY == 0
+    assert "held_out_dice" not in prov
+    assert any("fitted" in m and "stopping" in m for m in messages)
+    assert "painted slices come back at Dice" in result.summary()

@@ -17,10 +17,9 @@ def soft_dice_loss(
     ``weight`` [B, H, W] (optional) scales each voxel's share (0: the voxel is ignored).
     """
     dims = (2, 3)
-    if weight is not None:
-        prob, target = prob * weight[:, None], target * weight[:, None]
-    inter = (prob * target).sum(dims)
-    denom = prob.sum(dims) + target.sum(dims)
+    w = 1.0 if weight is None else weight[:, None]
+    inter = (prob * target * w).sum(dims)
+    denom = (prob * w).sum(dims) + (target * w).sum(dims)
     return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
 
 
