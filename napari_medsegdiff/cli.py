@@ -230,11 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UID",
         help="SeriesInstanceUID when a DICOM folder holds several",
     )
-    ft.add_argument("--labels", required=True, help="corrected labels NIfTI")
+    ft.add_argument(
+        "--labels",
+        required=True,
+        help="corrected labels NIfTI, or the dock's work folder for the scan (its proposal "
+        "is then used unless --slices or --proposal is given)",
+    )
     ft.add_argument(
         "--proposal",
         default=None,
-        help="the model's original proposal; slices that differ are used",
+        help="the model's original proposal (NIfTI or work folder); slices that differ are used",
     )
     ft.add_argument("--slices", default=None, help="START:STOP or a,b,c (default: corrected)")
     ft.add_argument(

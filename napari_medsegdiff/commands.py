@@ -285,9 +285,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     args.model = _model_arg(args.model)
     slices = None
     if args.slices:
-        from napari_medsegdiff.nifti import read_volume
+        from napari_medsegdiff.workfolder import read_labels_input
 
-        depth = read_volume(args.labels).data.shape[0]
+        depth = read_labels_input(args.labels).data.shape[0]
         slices = parse_slices(args.slices, depth)
     settings = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
     result = finetune_files(

@@ -149,13 +149,14 @@ def finetune_files(
     **settings: Any,
 ) -> FinetuneResult:
     """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
-    labels (+ proposal), fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
+    labels (+ proposal; either may be a work folder: :mod:`napari_medsegdiff.workfolder`),
+    fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
     from napari_medsegdiff.finetune import finetune
     from napari_medsegdiff.inputs import read_scan
-    from napari_medsegdiff.nifti import read_labels
+    from napari_medsegdiff.workfolder import is_work_folder, read_labels_input
 
     volume = read_scan(list(image_paths), series=series)
-    labels_vol = read_labels(labels_path)
+    labels_vol = read_labels_input(labels_path)
     if not volume.geometry.same_space(labels_vol.geometry):
         raise InputError(f"{labels_path}: not in the same space (shape/affine) as {image_paths[0]}")
     labels = labels_vol.data
@@ -174,7 +175,9 @@ def finetune_files(
             )
     proposal = None
     if proposal_path:
-        proposal = read_labels(proposal_path).data
+        proposal = read_labels_input(proposal_path, "proposal").data
+    elif slices is None and is_work_folder(labels_path):  # a work folder holds both
+        proposal = read_labels_input(labels_path, "proposal").data
     if slices is None and proposal is None:
         raise InputError(
             "say which slices were corrected, or give the proposal they were corrected from",

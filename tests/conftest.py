@@ -17,8 +17,9 @@ from synthetic import ellipse_task  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _isolated_model_store(tmp_path_factory, monkeypatch):
-    """Never touch the real per-user model store from tests."""
+    """Never touch the real per-user model store or work folders from tests."""
     monkeypatch.setenv("MEDSEGDIFF_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("MEDSEGDIFF_WORK", str(tmp_path_factory.mktemp("work")))
 
 
 @pytest.fixture(scope="session")

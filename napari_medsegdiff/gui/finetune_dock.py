@@ -312,6 +312,8 @@ class FinetuneDock(FinetuneControls, WorkerDock):
         dock = self.segment_dock
         if dock is not None:
             dock.select_model(result.path)
+            if self._job is not None:
+                dock.work_saved(self._job.layer, f"fine-tune {result.path.name}")
         self.resegment_button.setEnabled(True)
 
     def _result_text(self, result: Any) -> str:

@@ -20,6 +20,7 @@ from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.export import ask_export_target
 from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
 from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
+from napari_medsegdiff.gui.work_dock import WorkFolderMixin
 from napari_medsegdiff.gui.worker_dock import WorkerDock
 from napari_medsegdiff.gui.workers import RunProgress, SegmenterCache, cancel_all, segment_job
 from napari_medsegdiff.nifti import write_image, write_labels
@@ -46,7 +47,7 @@ class SegmentJob:
     device: str
 
 
-class SegmentDock(SegmentControls, WorkerDock):
+class SegmentDock(SegmentControls, WorkFolderMixin, WorkerDock):
     """Segment the chosen image layer(s) slice by slice with a MedSegDiff ensemble."""
 
     run_finished = Signal()
@@ -67,6 +68,7 @@ class SegmentDock(SegmentControls, WorkerDock):
         self._job: SegmentJob | None = None
         self._init_worker(FLUSH_MS)
         self._build_ui()
+        self._init_work()
         self.destroyed.connect(partial(cancel_all, self.suggest.tokens))
         self._count_timer = QTimer(self)
         self._count_timer.setSingleShot(True)
@@ -194,7 +196,9 @@ class SegmentDock(SegmentControls, WorkerDock):
             return False
         if job is None:
             return False
+        self.autosave.settle()  # a save still writing the proposal / variance finishes first
         mask, variance = L.ensure_result_layers(self.viewer, job.image, str(job.model))
+        self._track_work(job.image, mask, variance)
         if L.is_volume_series(job.image):  # the Fine-tune dock trains on the same volumes
             mask.metadata[L.VOLUME_PICKS] = list(job.volumes)
         self._job, self._pending, self._no_tissue = job, [], 0
@@ -272,12 +276,16 @@ class SegmentDock(SegmentControls, WorkerDock):
         self.progress.setFormat(text)
         self.refresh_review()
         self.update_counts()
+        if self._writer is not None and self._writer.written:
+            self.autosave.save_now(self._writer.mask, "segmentation")
         self.run_finished.emit()
 
     # -------------------------------------------------- corrections, review
     def _after_image_changed(self) -> None:
         self._watch_mask()
         self.update_counts()
+        if hasattr(self, "work"):
+            self._show_work()
 
     def _watch_mask(self) -> None:
         mask = self.mask_layer()
@@ -382,6 +390,7 @@ class SegmentDock(SegmentControls, WorkerDock):
             notify_error(exc)
             return None
         notify_info(f"saved {short_path(out)}")
+        self.autosave.save_now(mask, f"export {out.name}", snapshot=True)
         return out
 
     def _export_clicked(self) -> None:
