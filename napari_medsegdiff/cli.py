@@ -279,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--device", default="auto")
     sg.add_argument("--seed", type=int, default=0)
 
+    ip = sub.add_parser(
+        "interpolate", help="fill between slices: interpolate painted slices onto those between"
+    )
+    ip.add_argument(
+        "--labels", required=True, help="labels NIfTI (or a work folder) holding the painted slices"
+    )
+    ip.add_argument(
+        "--slices", required=True, help="the painted slices, a,b,c or START:STOP (display axis 0)"
+    )
+    ip.add_argument("-o", "--output", required=True, help="labels NIfTI to write")
+    ip.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
     ev = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predictions against truth")
     ev.add_argument("--pred", required=True, help="labels NIfTI or folder")
     ev.add_argument("--truth", required=True, help="reference NIfTI or folder")

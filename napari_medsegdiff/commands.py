@@ -333,6 +333,21 @@ def run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_interpolate(args: argparse.Namespace) -> int:
+    from napari_medsegdiff.interpolate import fill_between
+    from napari_medsegdiff.nifti import write_labels
+    from napari_medsegdiff.segmenter import parse_slices
+    from napari_medsegdiff.workfolder import read_labels_input
+
+    volume = read_labels_input(args.labels)
+    painted = parse_slices(args.slices, volume.data.shape[0])
+    fill = fill_between(volume.data, painted)
+    out = write_labels(fill.labels, volume.geometry, args.output, overwrite=args.overwrite)
+    span = f"{fill.painted[0]}..{fill.painted[-1]}"
+    _echo(f"filled {len(fill.filled)} slice(s) between painted slices {span}: {out}")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from napari_medsegdiff.evaluate import evaluate_paths, format_report, write_json
 

@@ -17,6 +17,7 @@ from napari_medsegdiff.checkpoints import read_model_info
 from napari_medsegdiff.config import SamplerConfig
 from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
+from napari_medsegdiff.gui.correct_dock import CorrectMixin
 from napari_medsegdiff.gui.export import ask_export_target
 from napari_medsegdiff.gui.segment_ui import SegmentControls, cost_text
 from napari_medsegdiff.gui.widgets import notify_error, notify_info, short_path, slice_list
@@ -47,10 +48,11 @@ class SegmentJob:
     device: str
 
 
-class SegmentDock(SegmentControls, WorkFolderMixin, WorkerDock):
+class SegmentDock(SegmentControls, CorrectMixin, WorkFolderMixin, WorkerDock):
     """Segment the chosen image layer(s) slice by slice with a MedSegDiff ensemble."""
 
     run_finished = Signal()
+    fill_finished = Signal(object)  # the slices "Fill between slices" filled
     job_name = "segmentation"
     memory_advice = "lower the ensemble size or the scope, or choose the cpu device"
 
@@ -68,6 +70,7 @@ class SegmentDock(SegmentControls, WorkFolderMixin, WorkerDock):
         self._job: SegmentJob | None = None
         self._init_worker(FLUSH_MS)
         self._build_ui()
+        self._init_correct()
         self._init_work()
         self.destroyed.connect(partial(cancel_all, self.suggest.tokens))
         self._count_timer = QTimer(self)
@@ -292,6 +295,9 @@ class SegmentDock(SegmentControls, WorkFolderMixin, WorkerDock):
         if mask is not None:
             mask.events.paint.connect(self._schedule_count)
             mask.events.data.connect(self._schedule_count)
+            mask.events.paint.connect(self._sync_fill)
+            mask.events.labels_update.connect(self._sync_fill)
+            mask.events.set_data.connect(self._sync_fill)  # undo / redo only refresh
 
     def _schedule_count(self, event: Any = None) -> None:
         self._count_timer.start()
