@@ -293,6 +293,56 @@ class Segmenter:
         finally:
             share.restore()
 
+    def refine_slice(
+        self,
+        images: np.ndarray,
+        index: int,
+        strokes: np.ndarray,
+        *,
+        sampler: SamplerConfig | None = None,
+        cancel: CancelToken | None = None,
+    ) -> SliceResult:
+        """Re-sample slice ``index`` of prepared ``images`` (z, C, H, W) with the user's
+        strokes held as known (RePaint-style inpainting, no training).
+
+        ``strokes``: (H, W) int, -1 where free, else the label painted there. The result's
+        mask equals the strokes on every painted pixel; its variance there is 0.
+        """
+        cfg = sampler or SamplerConfig()
+        height, width = images.shape[-2:]
+        strokes = np.asarray(strokes)
+        if strokes.shape != (height, width):
+            raise InputError(
+                f"strokes: shape {strokes.shape} differs from the slice's {height, width}"
+            )
+        k = self.config.mask_channels
+        classes = max(2, k)
+        if strokes.max(initial=-1) >= classes:
+            raise InputError(
+                f"strokes: label {strokes.max()} is not one of the model's {classes} classes"
+            )
+        canvas = self.canvas(height, width)
+        where = (strokes >= 0).astype(np.float32)[None, None]
+        onehot = np.stack([(strokes == c) for c in range(classes)]).astype(np.float32)[None]
+        if k == 1:
+            onehot = onehot[:, 1:]
+        size = (canvas.height, canvas.width)
+        # (1, K, S, S) mask values in [-1, 1]; the padding is never known
+        x0 = canvas.place(torch.as_tensor(resize_probabilities(onehot, size)) * 2 - 1, -1.0)
+        known_at = canvas.place(torch.as_tensor(resize_slices(where, size)), 0.0) >= 0.5
+        members = cfg.ensemble
+        part = [(int(index), m) for m in range(members)]
+        known = (
+            x0.expand(members, -1, -1, -1).to(self.device),
+            known_at.expand(members, -1, -1, -1).to(self.device),
+        )
+        rows, _ = self._sample_rows(part, images, canvas, cfg, None, cancel, None, 0, 1, known)
+        result = self._fuse(int(index), canvas.crop(rows.float().cpu()), (height, width), cfg)
+        painted = strokes >= 0
+        result.mask[painted] = strokes[painted]
+        result.variance[painted] = 0.0
+        return result
+
     def empty_slices(self, images: np.ndarray, indices: Sequence[int]) -> set[int]:
         """Indices whose prepared slice (C, H, W) holds less than ``TISSUE_FRACTION`` tissue
         or no contrast at all (every pixel the same value, e.g. a blank or constant scan)."""
@@ -323,7 +373,9 @@ class Segmenter:
             skipped=True,
         )
 
-    def _sample_rows(self, part, images, canvas, cfg, cond_cache, cancel, on_progress, done, total):
+    def _sample_rows(
+        self, part, images, canvas, cfg, cond_cache, cancel, on_progress, done, total, known=None
+    ):
         check(cancel)
         unique = tuple(sorted({s for s, _ in part}))
         if cond_cache is not None and set(unique) <= set(cond_cache[0]):
@@ -354,7 +406,9 @@ class Segmenter:
                 )
 
         with torch.inference_mode():
-            x0 = denoise_loop(denoise, x, scheduler, cfg.steps, generators, cancel, on_step)
+            x0 = denoise_loop(
+                denoise, x, scheduler, cfg.steps, generators, cancel, on_step, known=known
+            )
         return x0, (slice_ids, cond)
 
     def _fuse(

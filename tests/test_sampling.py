@@ -9,7 +9,7 @@ import torch
 from napari_medsegdiff.checkpoints import save_model
 from napari_medsegdiff.cli import error_line
 from napari_medsegdiff.config import SamplerConfig, preset
-from napari_medsegdiff.diffusion.sampling import make_scheduler
+from napari_medsegdiff.diffusion.sampling import denoise_loop, make_scheduler
 from napari_medsegdiff.diffusion.schedule import NoiseSchedule, training_betas
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.model import build_model
@@ -134,3 +134,41 @@ def test_sampler_config_validation():
             SamplerConfig(**kwargs)
         assert info.value.argument == arg and "--" not in str(info.value)
         assert error_line(info.value).startswith(f"--{arg}: ")
+
+
+def test_inpainting_holds_the_known_pixels_through_the_loop():
+    """RePaint-style replacement: the network sees x_t whose known pixels are x0 noised to
+    the step's level (closer to x0 at each step), and the result equals x0 there."""
+    cfg = preset("tiny")
+    scheduler = make_scheduler("ddim", cfg)
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    where = torch.zeros(2, 1, 8, 8)
+    where[..., :4] = 1
+    seen: list[torch.Tensor] = []
+
+    def denoise(x_t, t):
+        seen.append(x_t.clone())
+        return torch.zeros_like(x_t)
+
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = denoise_loop(
+        denoise, torch.randn(2, 1, 8, 8), scheduler, 4, generators, known=(x0, where)
+    )
+    assert torch.equal(out[..., :4], x0[..., :4])
+    errors = [float((x[..., :4] - x0[..., :4]).abs().mean()) for x in seen]
+    assert errors[-1] < errors[0] and errors[-1] < 0.5, errors
+
+
+def test_refine_keeps_the_strokes_exactly(tiny_segmenter):
+    rng = np.random.default_rng(0)
+    images = tiny_segmenter.prepare(rng.random((3, 40, 30)).astype(np.float32))
+    strokes = np.full((40, 30), -1)
+    strokes[5:9, 3:25] = 2
+    strokes[20:22, :] = 1
+    cfg = SamplerConfig(ensemble=2, steps=2)
+    result = tiny_segmenter.refine_slice(images, 1, strokes, sampler=cfg)
+    painted = strokes >= 0
+    assert np.array_equal(result.mask[painted], strokes[painted])
+    assert not result.variance[painted].any() and result.mask.shape == (40, 30)
+    with pytest.raises(InputError, match="not one of the model's 3 classes"):
+        tiny_segmenter.refine_slice(images, 1, np.full((40, 30), 5), sampler=cfg)

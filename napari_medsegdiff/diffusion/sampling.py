@@ -68,11 +68,15 @@ def denoise_loop(
     generators: Sequence[torch.Generator],
     cancel: CancelToken | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    known: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from noise ``x`` (N, K, H, W) to the clean mask estimate.
 
     ``denoise(x_t, t)`` returns the network output for a batch; ``generators`` (one per
     row) drive the stochastic samplers so every row is reproducible on its own.
+    ``known = (x0, where)``: (N, K, H, W) mask values in [-1, 1] and (N, 1, H, W) 0/1;
+    inpainting as in RePaint (Lugmayr et al. 2022): after every step the known pixels of
+    x_t are replaced by ``x0`` noised to the next step's level, and at the end by ``x0``.
     """
     if not 1 <= steps <= scheduler.config.num_train_timesteps:
         raise InputError(
@@ -82,6 +86,8 @@ def denoise_loop(
     scheduler.set_timesteps(steps, device=x.device)
     x = x * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
+    if known is not None:
+        x = _replace_known(x, known, scheduler, int(timesteps[0]), generators)
     for i, t in enumerate(timesteps):
         check(cancel)
         t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
@@ -91,6 +97,27 @@ def denoise_loop(
         if "generator" in scheduler.step.__code__.co_varnames:
             kwargs["generator"] = list(generators)
         x = scheduler.step(out, t, x, **kwargs).prev_sample
+        if known is not None:
+            level = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
+            x = _replace_known(x, known, scheduler, level, generators)
         if on_step is not None:
             on_step(i + 1, len(timesteps))
     return x.clamp(-1.0, 1.0)
+
+
+def _replace_known(
+    x: torch.Tensor,
+    known: tuple[torch.Tensor, torch.Tensor],
+    scheduler: Any,
+    t: int,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """x_t with the known pixels set to q(x_t | x0) (``t`` = -1: to x0 itself)."""
+    x0, where = known
+    if t < 0:
+        target = x0
+    else:
+        a = scheduler.alphas_cumprod[t].to(x.device, x.dtype)
+        noise = initial_noise(x0.shape[1:], generators, x.device).to(x.dtype)
+        target = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return torch.where(where.bool(), target.to(x.dtype), x)
