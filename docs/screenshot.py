@@ -1,5 +1,8 @@
 """Make docs/images/screenshot.png: the demo viewer after segmenting a few central slices.
 
+``--fill --out docs/images/fill_between.png``: the Correct tab after painting the first and
+last of those slices and *Fill between slices*.
+
 The picture shows a real run: the mask (own colours), the uncertainty layer over it, and
 the Segment dock's Review tab with the class names and the ranked slices.
 
@@ -39,6 +42,25 @@ def hover_on_a_class(viewer, mask, z: int) -> None:
         viewer.cursor.position = (viewer.dims.point[0], *world[1:])
 
 
+def paint_and_fill(app, viewer, segment, mask, slices: list[int]) -> None:
+    """Correct the first and last slice to the reference labels, then fill between."""
+    import numpy as np
+
+    from napari_medsegdiff.gui import layers as L
+
+    reference = next(lay for lay in viewer.layers if lay is not mask and hasattr(lay, "paint"))
+    truth = np.asarray(reference.data)
+    for z in (slices[0], slices[-1]):
+        ys, xs = np.mgrid[: truth.shape[1], : truth.shape[2]]
+        mask.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), truth[z].ravel())
+    done = []
+    segment.fill_finished.connect(done.append)
+    segment.fill_between_slices()
+    wait(app, lambda: bool(done), 120)
+    segment.tabs.show_page("Correct")
+    L.jump_to_slice(viewer, mask, slices[len(slices) // 2])
+
+
 def wait(app, condition, timeout: float) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -58,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", default="1366x768", help="window size WxH (a laptop)")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--fill",
+        action="store_true",
+        help="Correct tab: paint the reference labels on the first and last slice, then "
+        "Fill between slices (docs/images/fill_between.png)",
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -98,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         segment.review.list.setCurrentRow(0)  # jumps to the most uncertain slice
     segment.tabs.show_page("Review")  # class names, readable uncertainty scores
     mask = segment.mask_layer()
+    if args.fill:
+        paint_and_fill(app, viewer, segment, mask, slices)
     viewer.layers.selection.active = mask
-    hover_on_a_class(viewer, mask, L.current_index(viewer, mask))
+    if not args.fill:
+        hover_on_a_class(viewer, mask, L.current_index(viewer, mask))
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()
