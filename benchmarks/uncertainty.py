@@ -185,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list[dict]) -> None:
-    print("\n| case | members x steps | s/slice | wrong | band AUROC var / ent / MI | "
-          "tissue AUROC var | band AP var | ECE | review top 10% / 20% |")
+    print(
+        "\n| case | members x steps | s/slice | wrong | band AUROC var / ent / MI | "
+        "tissue AUROC var | band AP var | ECE | review top 10% / 20% |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         band = " / ".join(

@@ -316,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--slices", default=None, help="slices for --headless (default: a central block)"
     )
-    demo.add_argument("--ensemble", type=_positive_int, default=5)
-    demo.add_argument("--steps", type=_positive_int, default=20)
+    demo.add_argument(
+        "--ensemble", type=_positive_int, default=None, help="default: the model's own (3)"
+    )
+    demo.add_argument(
+        "--steps", type=_positive_int, default=None, help="default: the model's own (2)"
+    )
     demo.add_argument("--device", default="auto")
     demo.add_argument("--overwrite", action="store_true", help=argparse.SUPPRESS)
     return parser

@@ -102,9 +102,7 @@ def _tqdm_progress(desc: str, unit: str):
     def on_progress(p) -> None:
         bar = state.get("bar")
         if bar is None:
-            bar = state["bar"] = _tqdm_or_none(p.total, desc, True)
-            if bar is not None:
-                bar.unit = unit
+            bar = state["bar"] = _tqdm_or_none(p.total, desc, True, unit=unit)
         if bar is not None:
             bar.n = p.done
             bar.set_postfix_str(p.message[-40:] if p.message else "", refresh=False)

@@ -28,16 +28,20 @@ def run_headless_demo(
     out: Path,
     *,
     slices: str | None = None,
-    ensemble: int = 5,
-    steps: int = 20,
+    ensemble: int | None = None,
+    steps: int | None = None,
     device: str = "auto",
     overwrite: bool = True,
     model: str | None = None,
 ) -> str:
     """Segment the sample scan with the default model; return a printable summary.
 
+    ``ensemble`` / ``steps`` default to the model's own measured values (config.json), as
+    everywhere else.
+
     ``overwrite`` is kept for callers; the demo always replaces its own output files.
     """
+    from napari_medsegdiff.checkpoints import read_model_info, recommended_sampler, resolve_model
     from napari_medsegdiff.jobs import segment_files
     from napari_medsegdiff.metrics import dice
     from napari_medsegdiff.nifti import read_labels
@@ -51,13 +55,15 @@ def run_headless_demo(
     out = out.resolve()
     mask_path, var_path = out / "icbm152_t1_mask.nii.gz", out / "icbm152_t1_variance.nii.gz"
     reference = read_labels(tissue).data
+    chosen = recommended_sampler(read_model_info(resolve_model(model)).meta)
+    chosen.update({k: v for k, v in (("ensemble", ensemble), ("steps", steps)) if v})
     spec = slices or default_demo_slices(reference.shape[0])
     info = segment_files(
         [str(t1)],
         str(mask_path),
         variance=str(var_path),
         model=model,
-        sampler=SamplerConfig(steps=steps, ensemble=ensemble),
+        sampler=SamplerConfig(**chosen),
         slices=spec,
         device=device,
         overwrite=True,  # the demo's own files in its own folder: replaced on every run

@@ -194,3 +194,30 @@ def test_a_probability_map_given_as_labels_is_refused(tmp_path, tiny_model, caps
         assert len(err) == 1 and "probability.nii.gz: label values must be whole numbers" in err[0]
         assert "found 0.7" in err[0], err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_step_progress_bar_counts_steps_from_its_first_draw(capsys):
+    from napari_medsegdiff.commands import _tqdm_progress
+    from napari_medsegdiff.progress import Progress
+
+    report = _tqdm_progress("fine-tune", "step")
+    report(Progress(0, 4, "starting", None))
+    report(Progress(4, 4, "done", None))
+    err = capsys.readouterr().err
+    assert "step/s" in err or "s/step" in err or "?step" in err, err
+    assert "slice" not in err, err
+
+
+def test_the_headless_demo_samples_at_the_model_s_own_settings(monkeypatch, tmp_path):
+    from napari_medsegdiff import demo, jobs
+
+    seen = {}
+
+    def fake_segment_files(*args, sampler=None, **kwargs):
+        seen["sampler"] = sampler
+        raise SystemExit(0)
+
+    monkeypatch.setattr(jobs, "segment_files", fake_segment_files)
+    with pytest.raises(SystemExit):
+        demo.run_headless_demo(tmp_path / "out", slices="80:81")
+    assert (seen["sampler"].ensemble, seen["sampler"].steps) == (3, 2)
