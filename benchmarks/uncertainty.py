@@ -151,9 +151,14 @@ def evaluate(seg: Segmenter, image, truth, slices, cfg: SamplerConfig) -> dict:
     ranking, _, _ = review_volume(variance, full_pred, slices)
     per_slice = {int(zz): int(w.sum()) for zz, w in zip(z, wrong, strict=True)}
     total = max(1, sum(per_slice.values()))
-    for top in (0.1, 0.2):
-        picked = [zz for zz, _ in ranking[: max(1, round(top * len(ranking)))]]
-        row[f"review top {int(top * 100)}%"] = sum(per_slice[p] for p in picked) / total
+    rankings = {"": [zz for zz, _ in ranking]}  # the Review tab's (mean boundary variance)
+    for name in ("variance", "entropy"):  # alternatives: the score summed over the slice
+        sums = maps[name].reshape(len(z), -1).sum(axis=1)
+        rankings[f" ({name} sum)"] = [int(z[i]) for i in np.argsort(-sums)]
+    for tag, order in rankings.items():
+        for top in (0.1, 0.2):
+            picked = order[: max(1, round(top * len(order)))]
+            row[f"review top {int(top * 100)}%{tag}"] = sum(per_slice[p] for p in picked) / total
     return row
 
 
@@ -187,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 def report(rows: list[dict]) -> None:
     print(
         "\n| case | members x steps | s/slice | wrong | band AUROC var / ent / MI | "
-        "tissue AUROC var | band AP var | ECE | review top 10% / 20% |"
+        "tissue AUROC var | band AP var | ECE | review top 10% / 20% | "
+        "top 10% by variance sum / entropy sum |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         band = " / ".join(
             f"{r[f'{k} AUROC band']:.3f}" for k in ("variance", "entropy", "mutual information")
@@ -198,7 +204,8 @@ def report(rows: list[dict]) -> None:
             f"| {r['case']} | {r['ensemble']} x {r['steps']} | {r['seconds_per_slice']:.2f} | "
             f"{r['wrong_share']:.3f} | {band} | {r['variance AUROC tissue']:.3f} | "
             f"{r['variance AP band']:.3f} | {r['ECE tissue']:.3f} | "
-            f"{r['review top 10%']:.2f} / {r['review top 20%']:.2f} |"
+            f"{r['review top 10%']:.2f} / {r['review top 20%']:.2f} | "
+            f"{r['review top 10% (variance sum)']:.2f} / {r['review top 10% (entropy sum)']:.2f} |"
         )
 
 
