@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _echo(message: str) -> None:
-    from napari_medsegdiff.distributed import is_launch_main as _is_main_rank
+    from napari_medsegdiff.launch_env import is_launch_main as _is_main_rank
 
     if _is_main_rank():
         print(message, flush=True)
@@ -155,7 +155,7 @@ def run_segment(args: argparse.Namespace) -> int:
             f"segmented {summary['written']} scan(s), skipped {summary['skipped']} -> {args.output}"
         )
         return 0
-    from napari_medsegdiff.distributed import is_launch_main as _is_main_rank
+    from napari_medsegdiff.launch_env import is_launch_main as _is_main_rank
 
     if not _is_main_rank():
         return 0  # one scan under torchrun: rank 0 writes it, the others have nothing to do

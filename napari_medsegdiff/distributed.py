@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.launch_env import launched_by_torchrun
 
 if TYPE_CHECKING:
     import torch
@@ -33,25 +34,6 @@ def _dist():
     import torch.distributed as dist
 
     return dist
-
-
-def launch_rank() -> int:
-    """This process's rank as the launcher (torchrun) set it in ``RANK``; 0 without one.
-
-    Valid before any process group exists: the CLI uses it to keep progress bars and
-    messages to one process.
-    """
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_launch_main() -> bool:
-    """True in the launcher's rank 0 (or without a launcher)."""
-    return launch_rank() == 0
-
-
-def launched_by_torchrun() -> bool:
-    """True in a torchrun worker of a run with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def is_distributed() -> bool:

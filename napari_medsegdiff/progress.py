@@ -80,7 +80,7 @@ def tqdm_bar(total: int, desc: str, unit: str):
 
     from tqdm import tqdm
 
-    from napari_medsegdiff.distributed import is_launch_main
+    from napari_medsegdiff.launch_env import is_launch_main
 
     return tqdm(
         total=total,

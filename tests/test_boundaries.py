@@ -138,3 +138,18 @@ def test_engine_and_cli_load_no_gui_toolkit():
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     gui = [m for m in loaded if m.split(".")[0] in GUI_TOOLKITS]
     assert not gui, f"non-GUI modules loaded {gui[:10]}"
+
+
+#: The ground layer: what every other layer may use; it imports only itself.
+GROUND = {"errors", "config", "progress", "seeds", "paths", "launch_env", "devices", "cpu_share"}
+
+
+def ground_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{low} -> {high}" for low in GROUND for high in graph.get(low, set()) - GROUND)
+
+
+def test_the_ground_layer_imports_nothing_above_it():
+    assert ground_violations(import_graph()) == []
+    # and the check bites: progress reaching up into the engine (as it once did) is caught
+    wrong = {**import_graph(), "progress": {"errors", "distributed"}}
+    assert ground_violations(wrong) == ["progress -> distributed"]
