@@ -370,11 +370,14 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         _echo(summary)
         return 0
-    try:
-        from napari_medsegdiff.gui.launch import launch_demo
-    except ImportError as exc:
+    import importlib.util
+    import subprocess
+
+    missing = [m for m in ("napari", "qtpy") if importlib.util.find_spec(m) is None]
+    if missing:
         raise InputError(
-            f"the GUI needs napari and Qt: pip install 'napari-medsegdiff[gui]' ({exc})"
-        ) from None
-    launch_demo()
-    return 0
+            f"the GUI needs napari and Qt: pip install 'napari-medsegdiff[gui]' "
+            f"(missing: {', '.join(missing)})"
+        )
+    # The window runs in its own interpreter: the CLI never imports the GUI package.
+    return subprocess.call([sys.executable, "-m", "napari_medsegdiff.gui.launch"])

@@ -153,3 +153,8 @@ def test_the_ground_layer_imports_nothing_above_it():
     # and the check bites: progress reaching up into the engine (as it once did) is caught
     wrong = {**import_graph(), "progress": {"errors", "distributed"}}
     assert ground_violations(wrong) == ["progress -> distributed"]
+
+
+def test_the_command_line_never_imports_the_gui():
+    graph = import_graph()
+    assert "gui" not in graph["commands"] and "gui" not in graph["cli"]

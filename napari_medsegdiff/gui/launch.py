@@ -1,4 +1,5 @@
-"""Open napari with the sample brain, the shipped model and both docks (``medsegdiff demo``)."""
+"""Open napari with the sample brain, the shipped model and both docks (``medsegdiff demo``
+runs ``python -m napari_medsegdiff.gui.launch``, so the CLI never imports the GUI)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,7 @@ def launch_demo(model: str | Path | None = None) -> None:
     viewer = napari.Viewer(title="napari-medsegdiff demo")
     build_demo_viewer(viewer, model)
     napari.run()
+
+
+if __name__ == "__main__":
+    launch_demo()
