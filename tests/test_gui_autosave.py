@@ -272,3 +272,20 @@ def test_a_killed_napari_loses_at_most_the_last_seconds(tiny_model, tmp_path):
     assert killed_at - times[max(matches)] <= 5.0
     data = np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)
     assert state.proposal.tobytes() == (data > 0.5).astype(np.uint8).tobytes()
+
+
+def test_a_new_session_that_does_not_restore_keeps_the_old_work_as_a_snapshot(
+    make_napari_viewer, qtbot, tiny_model, tmp_path
+):
+    scan = scan_file(tmp_path / "s")
+    viewer, dock, _ = open_dock(make_napari_viewer, tiny_model, scan)
+    mask, folder = segment(qtbot, dock)
+    brush(mask, 1, 3)
+    first = np.array(L.labels_of(mask))
+    qtbot.waitUntil(lambda: saved_labels(folder).tobytes() == first.tobytes(), timeout=5000)
+    viewer.close()
+    _, dock2, _ = open_dock(make_napari_viewer, tiny_model, scan)
+    _, folder2 = segment(qtbot, dock2)  # segments afresh instead of restoring
+    assert folder2 == folder
+    [kept] = [p for p in wf.history(folder) if p.name.endswith("earlier-session")]
+    assert wf.load(kept).labels.tobytes() == first.tobytes()
