@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_medsegdiff.checkpoints import read_model_info, recommended_sampler, resolve_model
-from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.config import FinetuneSettings, SamplerConfig
 from napari_medsegdiff.finetune import finetune
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.nifti import read_labels, read_volume
@@ -164,11 +164,11 @@ def run_task(
         labels[task.structure] = NEW_CLASS
     target = NEW_CLASS if not task.new_model else 1
     options = (("steps", steps), ("lr", lr), ("augment", OLD_AUGMENT))
-    kwargs = {k_: v for k_, v in options if v is not None}
+    settings = FinetuneSettings(**{k_: v for k_, v in options if v is not None})
     t0 = time.perf_counter()
     result = finetune(
         base, task.image, labels, slices=painted, new_model=task.new_model,
-        out=work / f"{task.case}-{k}-{time.monotonic_ns()}", device="cpu", **kwargs,
+        out=work / f"{task.case}-{k}-{time.monotonic_ns()}", device="cpu", settings=settings,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     seg = Segmenter.load(result.path, "cpu")

@@ -21,7 +21,7 @@ import torch
 from scenarios import SCENARIOS, Scenario
 
 from napari_medsegdiff.checkpoints import read_model_info, recommended_sampler, resolve_model
-from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.config import FinetuneSettings, SamplerConfig
 from napari_medsegdiff.finetune import DEFAULT_LR, DEFAULT_STEPS, finetune
 from napari_medsegdiff.metrics import dice
 from napari_medsegdiff.segmenter import Segmenter
@@ -86,7 +86,7 @@ def run_one(
         before_what = "base model"
     start = time.perf_counter()
     store = tempfile.mkdtemp(prefix="ft-bench-")
-    kwargs = {k: v for k, v in settings(args).items() if v is not None}
+    chosen = FinetuneSettings(**{k: v for k, v in settings(args).items() if v is not None})
     result = finetune(
         base,
         sc.image,
@@ -95,7 +95,7 @@ def run_one(
         new_model=sc.new_model,
         device="cpu",
         store=store,
-        **kwargs,
+        settings=chosen,
     )
     wall = time.perf_counter() - start
     after = scores(result.path, sc, evaluated, sampler)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.config import FinetuneSettings, SamplerConfig
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.jobs import segment_files
 
@@ -287,7 +287,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
         depth = read_labels_input(args.labels).data.shape[0]
         slices = parse_slices(args.slices, depth)
-    settings = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
+    settings = FinetuneSettings(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        replay=args.replay,
+        freeze_condition=args.freeze_condition,
+        seed=args.seed,
+    )
     result = finetune_files(
         args.image,
         args.labels,
@@ -298,11 +305,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         new_model=args.new_model,
         out=args.out,
         device=args.device,
-        seed=args.seed,
-        replay=args.replay,
-        freeze_condition=args.freeze_condition,
+        settings=settings,
         on_progress=_tqdm_progress("fine-tune", "step"),
-        **settings,
     )
     line = result.classes_line()
     if line:

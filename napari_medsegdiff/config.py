@@ -39,6 +39,28 @@ FINETUNE_STOP_DICE = 0.95
 FINETUNE_CHECK_EVERY = 25
 
 
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The training knobs of one fine-tune, as the CLI, the Fine-tune dock, the jobs and the
+    benchmarks pass them (saved as is in the new version's provenance, ``settings``).
+
+    ``holdout``: fraction of the corrected slices held out for Dice (0: none, then the fit
+    of the painted slices is checked instead); ``val_every``: steps between checks (None:
+    the default for the case); ``steps`` is a cap (see FINETUNE_STEPS). Values are checked
+    where they are used (TrainConfig), with messages that name the argument.
+    """
+
+    steps: int = FINETUNE_STEPS
+    lr: float = FINETUNE_LR
+    batch_size: int = 4
+    augment: bool = FINETUNE_AUGMENT
+    replay: bool = False
+    freeze_condition: bool = False
+    holdout: float = 0.0
+    val_every: int | None = None
+    seed: int = 0
+
+
 def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     """Build a frozen dataclass from JSON data, rejecting unknown keys by name."""
     if not isinstance(data, dict):

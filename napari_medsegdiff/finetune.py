@@ -8,6 +8,7 @@ a cancel still saves the best so far, marked partial.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from napari_medsegdiff.checkpoints import (
 from napari_medsegdiff.config import (
     FINETUNE_LR,
     FINETUNE_STEPS,
+    FinetuneSettings,
     ModelConfig,
     TrainConfig,
 )
@@ -147,42 +149,40 @@ def finetune(
     slices: Sequence[int] | None = None,
     proposal: np.ndarray | None = None,
     reviewed: Sequence[int] = (),
-    steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
-    batch_size: int = 4,
+    settings: FinetuneSettings | None = None,
     device: str | torch.device = "auto",
-    augment: bool = _defaults.FINETUNE_AUGMENT,
-    replay: bool = False,
-    freeze_condition: bool = False,
     new_model: bool = False,
     class_names: Mapping[int, str] | None = None,
-    holdout: float = 0.0,
-    val_every: int | None = None,
     store: ModelStore | str | Path | None = None,
     out: str | Path | None = None,
     image_files: Sequence[str] = (),
-    seed: int = 0,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    **overrides: Any,
 ) -> FinetuneResult:
     """Fine-tune ``base_model`` on slices of image (z, y, x[, c]) / labels (z, y, x).
 
-    Label values above the model's classes add classes (the mask head grows, old classes
-    keep their weights); ``new_model`` builds a head for exactly the labels' classes and
-    keeps only the image/condition weights. The result goes to ``out`` (a new folder) or
-    a new version in ``store``.
+    ``settings`` holds the training knobs (steps, lr, batch size, augmentation, replay,
+    freezing, hold-out, validation interval, seed); keyword ``overrides`` of its fields
+    (``steps=50``) are a shorthand for scripts and tests. Label values above the model's
+    classes add classes (the mask head grows, old classes keep their weights);
+    ``new_model`` builds a head for exactly the labels' classes and keeps only the
+    image/condition weights. The result goes to ``out`` (a new folder) or a new version in
+    ``store``.
     """
+    settings = dataclasses.replace(settings or FinetuneSettings(), **overrides)
+    seed = settings.seed
     base_path = resolve_model(base_model)
     target = _fresh_folder(out) if out is not None else None
     dev = choose_device(device)
     base_net, info = load_model(base_path, "cpu")
     img, lab = _check_inputs(image, labels, info)
     chosen = training_slices(lab, proposal, reviewed, slices)
-    prep = _prepare(base_net, info, img, lab, chosen, proposal, new_model, holdout, seed)
+    prep = _prepare(base_net, info, img, lab, chosen, proposal, new_model, settings.holdout, seed)
     plan, cfg = prep.plan, prep.cfg
     names = _class_names(info, plan, class_names)
     painted_set = prep.train_set  # before replay slices join: the fit check's slices
-    if replay and plan.mode == "keep":
+    if settings.replay and plan.mode == "keep":
         extra = replay_slices(
             cfg.image_size, cfg.in_channels, cfg.num_classes, seed=seed, context=cfg.context
         )
@@ -191,13 +191,9 @@ def finetune(
     before = None
     if prep.val_set is not None and plan.mode == "keep":
         before = validate(base_net.to(dev), cfg, prep.val_set, steps=20, ensemble=1, seed=seed)
-    settings = {
-        "steps": steps, "lr": lr, "batch_size": batch_size, "replay": replay,
-        "freeze_condition": freeze_condition,
-    }  # fmt: skip
     sampler_steps = _sampler_steps(info)
     fit_check = prep.val_set is None  # no held-out slices: check the fit on the painted ones
-    tcfg = _train_config(settings, cfg, plan, val_every, seed, augment, sampler_steps, fit_check)
+    tcfg = _train_config(settings, sampler_steps, fit_check)
     val_set = painted_set if fit_check else prep.val_set
     aug = AugmentConfig(rotate_deg=8.0, scale=(0.92, 1.08), translate=0.04)
     scratch_root = target.parent if target is not None else store.root
@@ -302,31 +298,24 @@ def _sampler_steps(info: ModelInfo) -> int:
 
 
 def _train_config(
-    settings: dict[str, Any],
-    cfg: ModelConfig,
-    plan: ClassPlan,
-    val_every: int | None,
-    seed: int,
-    augment: bool,
-    sampler_steps: int = 20,
-    fit_check: bool = False,
+    settings: FinetuneSettings, sampler_steps: int = 20, fit_check: bool = False
 ) -> TrainConfig:
     """The fine-tune loop: EMA 0.99; with ``fit_check`` the painted slices
     are sampled every FINETUNE_CHECK_EVERY steps as the product samples them, and training
     stops once they come back at FINETUNE_STOP_DICE. Else about 5 validations."""
-    steps = settings["steps"]
+    steps = settings.steps
     every = _defaults.FINETUNE_CHECK_EVERY if fit_check else max(1, steps // 5)
     return TrainConfig(
         steps=steps,
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
+        batch_size=settings.batch_size,
+        lr=settings.lr,
         ema_decay=0.99,
-        val_every=val_every or every,
+        val_every=settings.val_every or every,
         val_steps=sampler_steps if fit_check else 20,
         save_every=steps,
-        seed=seed,
-        augment=augment,
-        freeze_condition=settings["freeze_condition"],
+        seed=settings.seed,
+        augment=settings.augment,
+        freeze_condition=settings.freeze_condition,
         stop_at_dice=_defaults.FINETUNE_STOP_DICE if fit_check else None,
     )
 
@@ -339,7 +328,7 @@ def _provenance(
     prep: _Prepared,
     reviewed: Sequence[int],
     names: Mapping[int, str],
-    settings: dict[str, Any],
+    settings: FinetuneSettings,
     result: Any,
     before: float | None,
     dev: torch.device,
@@ -361,12 +350,13 @@ def _provenance(
         "class_change": plan.mode,
         "added_classes": list(plan.added),
         "class_parents": {str(k): v for k, v in plan.parents.items()},
-        "steps": settings["steps"],
+        "settings": dataclasses.asdict(settings),
+        "steps": settings.steps,
         "steps_done": result.steps_done,
-        "lr": settings["lr"],
-        "batch_size": settings["batch_size"],
-        "replay": settings["replay"],
-        "freeze_condition": settings["freeze_condition"],
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "replay": settings.replay,
+        "freeze_condition": settings.freeze_condition,
         "losses": [round(v, 6) for v in result.losses],
         **_scores(prep, result, before),
         "partial": result.cancelled,

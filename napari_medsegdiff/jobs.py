@@ -13,9 +13,9 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from napari_medsegdiff.config import SamplerConfig
+from napari_medsegdiff.config import FinetuneSettings, SamplerConfig
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.progress import ProgressCallback, tqdm_bar
 
@@ -144,13 +144,12 @@ def finetune_files(
     out: str | None = None,
     store: str | Path | None = None,
     device: str = "auto",
-    seed: int = 0,
+    settings: FinetuneSettings | None = None,
     on_progress: ProgressCallback | None = None,
-    **settings: Any,
 ) -> FinetuneResult:
     """Files in, new model out: read the scan (NIfTI channels or a DICOM series) + corrected
     labels (+ proposal; either may be a work folder: :mod:`napari_medsegdiff.workfolder`),
-    fine-tune (``settings``: steps, lr, batch_size, replay, ...)."""
+    fine-tune with ``settings`` (steps, lr, batch size, replay, seed, ...)."""
     from napari_medsegdiff.finetune import finetune
     from napari_medsegdiff.inputs import read_scan
     from napari_medsegdiff.workfolder import is_work_folder, read_labels_input
@@ -194,7 +193,6 @@ def finetune_files(
         store=store,
         out=out,
         image_files=list(image_paths),
-        seed=seed,
+        settings=settings,
         on_progress=on_progress,
-        **settings,
     )

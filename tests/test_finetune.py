@@ -3,6 +3,7 @@ version, records complete provenance."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -11,6 +12,7 @@ import pytest
 from synthetic import ellipse_task
 
 from napari_medsegdiff.checkpoints import ModelStore, file_sha256
+from napari_medsegdiff.config import FinetuneSettings
 from napari_medsegdiff.errors import InputError
 from napari_medsegdiff.finetune import corrected_slices, finetune
 from napari_medsegdiff.progress import CancelToken
@@ -42,21 +44,19 @@ def test_finetune_learns_from_corrections_and_keeps_base(trained_tiny, tmp_path)
     image, labels = _shifted_volume(10)
     proposal = np.zeros_like(labels)
     store = ModelStore(tmp_path / "store")
+    settings = FinetuneSettings(steps=150, lr=2e-3, batch_size=8, val_every=50, holdout=0.3)
     result = finetune(
         base,
         image,
         labels,
         proposal=proposal,
-        steps=150,
-        lr=2e-3,
-        batch_size=8,
+        settings=settings,
         device="cpu",
         store=store,
-        val_every=50,
         image_files=["shifted.nii.gz"],
-        holdout=0.3,
     )
     prov = result.provenance
+    assert prov["settings"] == dataclasses.asdict(settings)  # one object, saved as is
     assert prov["held_out_dice_best"] > prov["held_out_dice_before"] + 0.2, prov
     assert _hashes(base) == before  # the base model is never written
     assert result.path.parent == store.root and result.path.name.startswith(base.name)

@@ -13,6 +13,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 
 from napari_medsegdiff.checkpoints import class_names, read_model_info
+from napari_medsegdiff.config import FinetuneSettings
 from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.finetune_plan import MODES, Plan, make_plan
@@ -38,8 +39,7 @@ class FinetuneJob:
     model: Path
     image: np.ndarray  # (z, y, x[, c])
     labels: np.ndarray  # (z, y, x), a copy taken at start
-    steps: int
-    lr: float
+    settings: FinetuneSettings  # steps, lr, hold-out, ...
     device: str
     layer: Any  # the napari labels layer (re-segmenting writes back into it)
     plan: Plan  # what trains and what is held out
@@ -47,7 +47,6 @@ class FinetuneJob:
     model_name: str
     model_classes: list[str]
     slices: list[int]
-    holdout: float
     reviewed: list[int]
     new_model: bool
     class_names: dict[int, str] = field(default_factory=dict)
@@ -185,8 +184,7 @@ class FinetuneDock(FinetuneControls, WorkerDock):
             model=model,
             image=data,
             labels=lab,
-            steps=self.steps.value(),
-            lr=lr,
+            settings=FinetuneSettings(steps=self.steps.value(), lr=lr, holdout=plan.holdout),
             device=self.device.currentText(),
             layer=labels,
             plan=plan,
@@ -194,7 +192,6 @@ class FinetuneDock(FinetuneControls, WorkerDock):
             model_name=info.name,
             model_classes=class_names(info.meta, info.config.num_classes),
             slices=plan.train + plan.held_out,
-            holdout=plan.holdout,
             reviewed=L.reviewed(labels),
             new_model=self.new_model.isChecked(),
         )
@@ -266,11 +263,9 @@ class FinetuneDock(FinetuneControls, WorkerDock):
             job.model,
             job.image,
             job.labels,
-            steps=job.steps,
-            lr=job.lr,
+            settings=job.settings,
             device=job.device,
             slices=job.slices,
-            holdout=job.holdout,
             reviewed=job.reviewed,
             new_model=job.new_model,
             class_names=job.class_names,
@@ -283,7 +278,7 @@ class FinetuneDock(FinetuneControls, WorkerDock):
         self.start_button.setText("Stop")
         self.resegment_button.setEnabled(False)
         self.progress.setValue(0)
-        self.progress.setFormat(f"0/{job.steps} steps (preparing)")
+        self.progress.setFormat(f"0/{job.settings.steps} steps (preparing)")
         self._start_worker(worker)
         return True
 
