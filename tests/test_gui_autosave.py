@@ -289,3 +289,17 @@ def test_a_new_session_that_does_not_restore_keeps_the_old_work_as_a_snapshot(
     assert folder2 == folder
     [kept] = [p for p in wf.history(folder) if p.name.endswith("earlier-session")]
     assert wf.load(kept).labels.tobytes() == first.tobytes()
+
+
+def test_a_damaged_save_is_reported_not_offered(make_napari_viewer, qtbot, tiny_model, tmp_path):
+    from napari_medsegdiff.gui.autosave import work_folder_of
+
+    _, dock, image = open_dock(make_napari_viewer, tiny_model, scan_file(tmp_path / "s"))
+    folder = work_folder_of(image)
+    (folder / wf.CURRENT).mkdir(parents=True)
+    (folder / wf.CURRENT / wf.STATE).write_text("{ not json")
+    dock._show_work()
+    assert "cannot be read" in dock.work.status.text()
+    assert not dock.work.restore_button.isEnabled()
+    segment(qtbot, dock)  # segmenting still works and starts saving again
+    qtbot.waitUntil(lambda: wf.read_summary(folder)["segmented"] == [0, 1, 2, 3], timeout=5000)

@@ -43,14 +43,16 @@ class WorkFolderMixin:
         session that is not being continued is kept as a snapshot, never overwritten."""
         if self.autosave.track_of(mask) is not None:
             return
-        folder = existing_work_folder(image) or work_folder_of(image, self.work.beside.isChecked())
-        if wf.is_work_folder(folder):
-            try:
+        try:
+            beside = self.work.beside.isChecked()
+            folder = existing_work_folder(image) or work_folder_of(image, beside)
+            if wf.is_work_folder(folder):
                 wf.snapshot(folder, "earlier session")
-            except OSError as exc:
-                notify_error(f"work folder {short_path(folder)}: {exc}")
-        self.autosave.track(mask, variance, folder)
-        self.work.show_folder(folder, restorable=False)
+            self.autosave.track(mask, variance, folder)
+            self.work.show_folder(folder, restorable=False)
+        except (OSError, MedSegDiffError) as exc:  # the run goes on; the layers are untouched
+            log.warning("work folder unavailable", exc_info=exc)
+            notify_error(f"autosave is off for this scan: {exc}")
 
     def _show_work(self) -> None:
         image = self.image_combo.layer()
@@ -67,7 +69,11 @@ class WorkFolderMixin:
         self.work.show_folder(folder, restorable=folder is not None)
         if folder is not None and self._offered != folder:
             self._offered = folder
-            summary = wf.describe(wf.read_summary(folder))
+            try:
+                summary = wf.describe(wf.read_summary(folder))
+            except MedSegDiffError as exc:
+                notify_error(f"saved work for {image.name} cannot be read: {exc}")
+                return
             notify_info(f"{image.name}: saved work found ({summary}); Work tab > Restore")
 
     def restore_work(self, save_dir: Path) -> bool:

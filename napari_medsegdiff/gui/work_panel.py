@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medsegdiff import workfolder as wf
-from napari_medsegdiff.errors import InputError
+from napari_medsegdiff.errors import InputError, MedSegDiffError
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.gui.widgets import short_path
 
@@ -71,20 +71,25 @@ class WorkPanel(QWidget):
         layout.addLayout(row)
         layout.addStretch(1)
 
-    def show_folder(self, folder: Path | None, restorable: bool, last_save: str = "") -> None:
+    def show_folder(self, folder: Path | None, restorable: bool) -> None:
         """Describe ``folder``; ``restorable``: offer Restore (no mask shown for it yet)."""
         self.folder = folder
         saved = folder is not None and wf.is_work_folder(folder)
-        if not saved:
-            self.status.setText("nothing saved yet: the first segmentation starts a work folder")
-        else:
-            text = wf.describe(wf.read_summary(folder))
-            lead = "Saved work found" if restorable else "Autosaved"
-            self.status.setText(f"{lead}: {text}\n{short_path(folder)}{last_save}")
+        status = "nothing saved yet: the first segmentation starts a work folder"
+        if saved:
+            try:
+                lead = "Saved work found" if restorable else "Autosaved"
+                status = f"{lead}: {wf.describe(wf.read_summary(folder))}\n{short_path(folder)}"
+            except MedSegDiffError as exc:  # a damaged state.json: say so, offer nothing
+                saved, status = False, f"saved work cannot be read: {exc}"
+        self.status.setText(status)
         self.restore_button.setEnabled(saved and restorable)
         self.history.clear()
         for snap in wf.history(folder) if folder is not None else []:
-            self.history.addItem(wf.describe(wf.read_summary(snap)), str(snap))
+            try:
+                self.history.addItem(wf.describe(wf.read_summary(snap)), str(snap))
+            except MedSegDiffError:
+                continue  # a damaged snapshot is not offered
         self.back_button.setEnabled(self.history.count() > 0)
 
     def _restore_clicked(self) -> None:
