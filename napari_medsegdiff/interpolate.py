@@ -9,7 +9,10 @@ painted slices of a label receive it.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +37,44 @@ class Fill:
     painted: tuple[int, ...]
 
 
-def _interpolator():
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _contour_interpolation(sparse: np.ndarray) -> np.ndarray | str:
+    """ITK's filter on (z, y, x) labels (runs in the helper process); a message if no ITK."""
     try:
         import itk
-    except ImportError:
-        raise InputError(f"fill between slices needs ITK: {INSTALL_HINT}") from None
-    try:
-        return itk, itk.MorphologicalContourInterpolator
-    except AttributeError:
-        raise InputError(f"fill between slices needs the ITK module: {INSTALL_HINT}") from None
+
+        mci = itk.MorphologicalContourInterpolator
+    except (ImportError, AttributeError):
+        return f"fill between slices needs ITK: {INSTALL_HINT}"
+    interp = mci.New(itk.image_from_array(np.ascontiguousarray(sparse)))
+    interp.SetAxis(2)  # ITK's axis order is (x, y, z): numpy's axis 0
+    interp.SetUseDistanceTransform(True)
+    interp.Update()
+    return np.asarray(itk.array_from_image(interp.GetOutput()))
+
+
+def _isolated(sparse: np.ndarray) -> np.ndarray:
+    """Run ITK in one long-lived helper process (spawned on first use, reused after).
+
+    ITK's SWIG modules take ~10 s to load and, loaded beside Qt, have crashed the
+    interpreter at exit (glibc heap abort), so they never enter this process.
+    """
+    global _POOL
+    for attempt in (0, 1):
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            out = _POOL.submit(_contour_interpolation, sparse).result()
+            break
+        except BrokenProcessPool:
+            _POOL = None
+            if attempt:
+                raise InputError("fill between slices: the ITK helper process died") from None
+    if isinstance(out, str):
+        raise InputError(out)
+    return out
 
 
 def interpolate_slices(labels: np.ndarray, painted: Sequence[int]) -> np.ndarray:
@@ -63,15 +95,9 @@ def interpolate_slices(labels: np.ndarray, painted: Sequence[int]) -> np.ndarray
         )
     if labels.size and labels.min() < 0:
         raise InputError("labels must be 0 (background), 1, 2, ...")
-    itk, mci = _interpolator()
     sparse = np.zeros(labels.shape, np.uint16 if labels.max(initial=0) > 255 else np.uint8)
     sparse[picks] = labels[picks]
-    image = itk.image_from_array(np.ascontiguousarray(sparse))
-    interp = mci.New(image)
-    interp.SetAxis(2)  # ITK's axis order is (x, y, z): numpy's axis 0
-    interp.SetUseDistanceTransform(True)
-    interp.Update()
-    out = itk.array_from_image(interp.GetOutput())
+    out = _isolated(sparse)
     return out.astype(labels.dtype, copy=False)
 
 

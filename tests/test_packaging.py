@@ -84,7 +84,12 @@ def test_wheel_contains_manifest_and_sample_data(tmp_path):
     assert "napari.manifest" in text and "medsegdiff = napari_medsegdiff.cli:main" in text
 
 
-_DISTRIBUTION = {"skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
+_DISTRIBUTION = {
+    "skimage": "scikit-image",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "itk": "itk-morphologicalcontourinterpolation",  # the module lives in the itk namespace
+}
 
 
 def _third_party_imports(files) -> set[str]:
