@@ -54,6 +54,32 @@ def trained_tiny(tmp_path_factory) -> dict:
 TINY_STEPS = 400
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained tiny model folder (behaviour tests only need the plumbing)."""
+    from napari_medsegdiff.checkpoints import save_model
+    from napari_medsegdiff.config import preset
+    from napari_medsegdiff.model import build_model
+
+    cfg = preset("tiny")
+    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
+
+
+@pytest.fixture
+def notes():
+    """Messages of napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager  # noqa: TID251 (GUI tests only)
+
+    seen: list[str] = []
+
+    def record(event):
+        seen.append(str(getattr(event, "message", event)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -14,16 +14,6 @@ from napari_medsegdiff.cli import build_parser, main
 FAST = ["--ensemble", "1", "--steps", "1", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.config import preset
-    from napari_medsegdiff.model import build_model
-
-    cfg = preset("tiny")
-    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
-
-
 def _scan(path, seed=0):
     images, labels = ellipse_task(4, size=(32, 32), seed=seed)
     affine = np.diag([0.8, 0.9, 2.5, 1])

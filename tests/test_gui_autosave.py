@@ -26,30 +26,6 @@ from napari_medsegdiff.gui import layers as L
 WAIT_MS = 90_000
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.config import preset
-    from napari_medsegdiff.model import build_model
-
-    cfg = preset("tiny")
-    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
-
-
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def scan_file(folder: Path, name="t1.nii.gz") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

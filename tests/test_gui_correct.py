@@ -19,16 +19,6 @@ from napari_medsegdiff.gui import layers as L
 WAIT_MS = 90_000
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.config import preset
-    from napari_medsegdiff.model import build_model
-
-    cfg = preset("tiny")
-    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
-
-
 def ellipsoid(depth=17, size=48) -> np.ndarray:
     z, y, x = np.mgrid[:depth, :size, :size]
     inside = ((z - 8) / 7.5) ** 2 + ((y - 24) / 15) ** 2 + ((x - 22) / 10) ** 2 <= 1
@@ -94,11 +84,8 @@ def test_fill_between_slices_interpolates_keeps_painted_slices_and_undoes_in_one
     assert L.corrected(mask) == painted
 
 
-def test_fill_needs_two_painted_slices(make_napari_viewer, qtbot, tiny_model, tmp_path):
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-    notification_manager.notification_ready.connect(lambda e: seen.append(str(e.message)))
+def test_fill_needs_two_painted_slices(make_napari_viewer, qtbot, tiny_model, tmp_path, notes):
+    seen = notes
     _, dock, _ = segmented_dock(make_napari_viewer, qtbot, tiny_model, tmp_path, depth=6)
     mask = dock.mask_layer()
     L.labels_of(mask)[2] = ellipsoid(6)[2] + 1

@@ -56,21 +56,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def notes():
-    """Messages of napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def scan_file(folder: Path, depth=6, size=32, name="scan.nii.gz") -> Path:
     rng = np.random.default_rng(0)
     data = rng.normal(100, 20, (size, size, depth)).astype(np.float32)

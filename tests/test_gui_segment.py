@@ -19,32 +19,6 @@ from napari_medsegdiff.volume import VolumeGeometry
 WAIT_MS = 90_000
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained tiny model folder (behaviour tests only need the plumbing)."""
-    from napari_medsegdiff.checkpoints import save_model
-    from napari_medsegdiff.config import preset
-    from napari_medsegdiff.model import build_model
-
-    cfg = preset("tiny")
-    return save_model(tmp_path_factory.mktemp("m") / "tiny", build_model(cfg).state_dict(), cfg)
-
-
-@pytest.fixture
-def notes():
-    """Messages of napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def scan_file(tmp_path, depth=6, size=32, name="scan.nii.gz"):
     """A small LPS scan (display shape (depth, size, size), spacing 2.5 x 0.8 x 0.8)."""
     rng = np.random.default_rng(0)
