@@ -14,6 +14,7 @@ Uses the shipped default model when installed; otherwise pass ``--model FOLDER``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "Fill between slices (docs/images/fill_between.png)",
     )
     args = parser.parse_args(argv)
+    # the pictures' autosaves go to a throwaway folder, not the user's work folders
+    os.environ.setdefault("MEDSEGDIFF_WORK", tempfile.mkdtemp(prefix="screenshot-work-"))
 
     import napari
     from qtpy.QtWidgets import QApplication
