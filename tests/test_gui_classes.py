@@ -13,7 +13,6 @@ from napari_medsegdiff.checkpoints import read_model_info
 from napari_medsegdiff.gui import layers as L
 
 make_dock, open_scan, scan_file = helpers.make_dock, helpers.open_scan, helpers.scan_file
-tiny_model, notes = helpers.tiny_model, helpers.notes  # shared fixtures
 
 WAIT_MS = 120_000
 

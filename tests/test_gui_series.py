@@ -15,7 +15,6 @@ from _nifti_factory import AFFINES, make_nifti
 from napari_medsegdiff.gui import layers as L
 
 make_dock, open_scan, run_and_wait = helpers.make_dock, helpers.open_scan, helpers.run_and_wait
-tiny_model, notes = helpers.tiny_model, helpers.notes  # shared fixtures
 
 
 def _series(tmp_path):

@@ -14,7 +14,6 @@ import test_gui_segment as helpers
 from napari_medsegdiff.gui import layers as L
 
 make_dock, open_scan, scan_file = helpers.make_dock, helpers.open_scan, helpers.scan_file
-tiny_model, notes = helpers.tiny_model, helpers.notes  # shared fixtures
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
 

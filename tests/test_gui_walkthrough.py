@@ -9,12 +9,10 @@ import pytest
 
 pytest.importorskip("napari")
 
-import test_gui_segment as helpers
 
 from napari_medsegdiff.gui import layers as L
 from napari_medsegdiff.volume import VolumeGeometry
 
-tiny_model, notes = helpers.tiny_model, helpers.notes  # shared fixtures
 WAIT_MS = 180_000
 
 
